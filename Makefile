@@ -1,0 +1,38 @@
+# `make test` and `make bench` work on a fresh machine with Python 3.11+: they create .venv,
+# install the project with pinned versions (constraints.txt), then run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch by default (an unpinned or plain torch pulls gigabytes of CUDA
+# wheels). On a GPU machine: `make TORCH_SPEC=torch==2.13.0 test`.
+TORCH_VERSION := $(shell grep -E '^torch==' constraints.txt | cut -d= -f3)
+TORCH_SPEC    ?= torch==$(TORCH_VERSION)+cpu
+TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
+STAMP  := $(VENV)/.installed
+
+.PHONY: test bench lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" \
+	  || $(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis bench-out

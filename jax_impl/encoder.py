@@ -1,0 +1,272 @@
+"""The Transformer encoder in JAX / Flax NNX: embeddings, encoder layer (post- and pre-norm), stack.
+
+Mirrors ``torch_impl/encoder.py`` statement for statement.
+
+Notation: B batch, T sequence length, D d_model, F d_ff, V vocab_size, N n_layers.
+
+Initialisation (the same distributions in both implementations): linear weights Xavier
+uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zero.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_impl.attention import MultiHeadAttention, linear, make_attention_mask
+from shared.config import EncoderConfig
+from shared.inputs import Spec, check_inputs
+from shared.positional import sinusoidal
+
+__all__ = ["Embeddings", "Encoder", "EncoderLayer", "FeedForward", "TransformerEncoder"]
+
+
+class Constant(nnx.Variable):
+    """A fixed array that is not a parameter (like a PyTorch buffer): the sinusoid table."""
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "relu":
+        return jax.nn.relu(x)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)  # exact erf form (JAX defaults to tanh)
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _layer_norm(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
+    return nnx.LayerNorm(
+        cfg.d_model,
+        epsilon=cfg.layer_norm_eps,
+        use_fast_variance=False,
+        param_dtype=dtype or jnp.float32,
+        rngs=rngs,
+    )
+
+
+def _embedding(rows: int, cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(
+        rows,
+        cfg.d_model,
+        embedding_init=nnx.initializers.normal(stddev=1.0),
+        param_dtype=dtype or jnp.float32,
+        rngs=rngs,
+    )
+
+
+class Embeddings(nnx.Module):
+    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout.
+
+    The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
+    Sinusoidal positions extend past ``max_len``; learned ones cannot.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        self.config = cfg
+        self.token = _embedding(cfg.vocab_size, cfg, dtype, rngs)
+        if cfg.positional == "learned":
+            self.position = _embedding(cfg.max_len, cfg, dtype, rngs)
+        else:
+            self.position = None
+            table = sinusoidal(cfg.max_len, cfg.d_model)  # (max_len, D), float64
+            table = jnp.asarray(table, dtype=dtype or jnp.float32)
+            self.sinusoid = Constant(table)
+        self.token_type = (
+            _embedding(cfg.type_vocab_size, cfg, dtype, rngs) if cfg.type_vocab_size else None
+        )
+        self.norm = _layer_norm(cfg, dtype, rngs) if cfg.embed_norm else None
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def positions(self, t: int) -> jax.Array:
+        """(T, D) position vectors for positions 0..T-1."""
+        if self.position is not None:
+            return self.position.embedding[:t]
+        if t <= self.sinusoid.shape[0]:
+            return self.sinusoid[:t]
+        table = sinusoidal(t, self.config.d_model)
+        return jnp.asarray(table, dtype=self.sinusoid.dtype)
+
+    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+        t = input_ids.shape[1]
+        x = self.token(input_ids)  # (B, T, D)
+        x = x + self.positions(t)[None]  # (B, T, D) + (1, T, D)
+        if self.token_type is not None:
+            types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.token_type(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class FeedForward(nnx.Module):
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        self.activation = cfg.activation
+        self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype, rngs=rngs)
+        self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.out_proj(activation(self.activation, self.in_proj(x)))  # (B, T, D)
+
+
+class EncoderLayer(nnx.Module):
+    """Self-attention and feed-forward, each wrapped in dropout, a residual and a LayerNorm.
+
+    Post-norm (the paper): x = LN(x + Dropout(Sublayer(x))).
+    Pre-norm (``norm_first``): x = x + Dropout(Sublayer(LN(x))).
+    Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
+    ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
+    """
+
+    def __init__(
+        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+    ) -> None:
+        self.norm_first = cfg.norm_first
+        self.attention = MultiHeadAttention(
+            cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
+        )
+        self.norm1 = _layer_norm(cfg, dtype, rngs)
+        self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
+        self.norm2 = _layer_norm(cfg, dtype, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None, *, return_attention: bool = False
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``."""
+        if self.norm_first:
+            a, weights = self._attend(self.norm1(x), mask, return_attention)
+            x = x + self.dropout(a)
+            x = x + self.dropout(self.ffn(self.norm2(x)))
+        else:
+            a, weights = self._attend(x, mask, return_attention)
+            x = self.norm1(x + self.dropout(a))
+            x = self.norm2(x + self.dropout(self.ffn(x)))
+        return x, weights
+
+    def _attend(self, x, mask, return_attention):
+        if return_attention:
+            return self.attention(x, mask=mask, return_attention=True)
+        return self.attention(x, mask=mask), None
+
+
+class Encoder(nnx.Module):
+    """N encoder layers, then a final LayerNorm if ``final_norm`` (pre-norm models need one)."""
+
+    def __init__(
+        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+    ) -> None:
+        self.layers = nnx.List(
+            [
+                EncoderLayer(cfg, backend=backend, dtype=dtype, rngs=rngs)
+                for _ in range(cfg.n_layers)
+            ]
+        )
+        self.final_norm = _layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+    ) -> tuple[jax.Array, list[jax.Array] | None, list[jax.Array] | None]:
+        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``.
+
+        ``hidden_states`` holds N + 1 arrays: the input, then each layer's output (before
+        the final norm); ``attentions`` holds each layer's (B, H, T, T) weights.
+        """
+        attentions = [] if return_attention else None
+        hidden_states = [x] if return_hidden_states else None
+        for layer in self.layers:
+            x, weights = layer(x, mask, return_attention=return_attention)
+            if return_attention:
+                attentions.append(weights)
+            if return_hidden_states:
+                hidden_states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, attentions, hidden_states
+
+
+class TransformerEncoder(nnx.Module):
+    """Embeddings, then the encoder stack. Starts in train mode (dropout on), like the PyTorch one.
+
+    Args:
+        cfg: the model's hyperparameters.
+        backend: ``"math"`` (explicit attention) or ``"fused"`` (``jax.nn.dot_product_attention``).
+        dtype: parameter dtype (default float32), e.g. ``jnp.float64`` (needs ``jax_enable_x64``)
+            or ``jnp.bfloat16``.
+        rngs: parameter initialisation and dropout keys.
+    """
+
+    def __init__(
+        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+    ) -> None:
+        if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+        self.config = cfg
+        self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
+        self.encoder = Encoder(cfg, backend=backend, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        is_causal: bool = False,
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+    ):
+        """input_ids (B, T) -> hidden states (B, T, D).
+
+        Args:
+            input_ids: (B, T) integer token ids in [0, vocab_size).
+            attention_mask: (B, T), 1/True = real token, 0/False = padding (keys only:
+                outputs at padded positions are computed and finite, but meaningless).
+            token_type_ids: (B, T) segment ids; row 0 when omitted (if the config has types).
+            is_causal: position t attends only to positions <= t.
+            return_attention: also return each layer's (B, H, T, T) attention weights.
+            return_hidden_states: also return the N + 1 hidden states (embeddings, then each
+                layer's output before the final norm).
+
+        Returns:
+            ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
+            ``(h, attentions, hidden_states)``, as requested.
+        """
+        input_ids = jnp.asarray(input_ids)
+        if attention_mask is not None:
+            attention_mask = jnp.asarray(attention_mask)
+        if token_type_ids is not None:
+            token_type_ids = jnp.asarray(token_type_ids)
+        check_inputs(
+            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
+        )
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
+        t = input_ids.shape[1]
+        mask = make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
+        x, attentions, hidden_states = self.encoder(
+            x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
+        )
+        outputs = (x,)
+        if return_attention:
+            outputs += (attentions,)
+        if return_hidden_states:
+            outputs += (hidden_states,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _values(x: jax.Array | None) -> np.ndarray | Spec | None:
+    """Concrete values for validation, or only shape and kind while jax.jit traces."""
+    if x is None:
+        return None
+    if isinstance(x, jax.core.Tracer):
+        return Spec(tuple(x.shape), x.dtype.kind)
+    return np.asarray(x)

@@ -1,0 +1,108 @@
+"""Weight transfer between the Flax NNX model and checkpoint format v1 (``shared/weights.py``).
+
+One table, :func:`parameter_table`, names every parameter in format v1 and says whether it is
+stored transposed; export, import, save and load all read it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_impl.encoder import TransformerEncoder
+from shared import weights as v1
+from shared.config import EncoderConfig
+
+__all__ = ["export_weights", "from_weights", "import_weights", "load", "parameter_table", "save"]
+
+
+def parameter_table(model: TransformerEncoder) -> list[tuple[str, nnx.Param, bool]]:
+    """``(format-v1 name, parameter, transposed)`` for every parameter of ``model``.
+
+    ``nnx.Linear.kernel`` is already (in, out), as format v1 stores it: nothing is transposed.
+    """
+    emb, enc = model.embeddings, model.encoder
+    table = [("embeddings.token.weight", emb.token.embedding, False)]
+    if emb.position is not None:
+        table.append(("embeddings.position.weight", emb.position.embedding, False))
+    if emb.token_type is not None:
+        table.append(("embeddings.token_type.weight", emb.token_type.embedding, False))
+    if emb.norm is not None:
+        table += _norm("embeddings.norm", emb.norm)
+    for i, layer in enumerate(enc.layers):
+        p = f"layers.{i}"
+        for name in ("q", "k", "v", "out"):
+            table += _linear(f"{p}.attention.{name}", getattr(layer.attention, name))
+        table += _norm(f"{p}.norm1", layer.norm1)
+        table += _linear(f"{p}.ffn.in", layer.ffn.in_proj)
+        table += _linear(f"{p}.ffn.out", layer.ffn.out_proj)
+        table += _norm(f"{p}.norm2", layer.norm2)
+    if enc.final_norm is not None:
+        table += _norm("final_norm", enc.final_norm)
+    return table
+
+
+def _linear(prefix: str, linear: nnx.Linear) -> list[tuple[str, nnx.Param, bool]]:
+    return [(f"{prefix}.weight", linear.kernel, False), (f"{prefix}.bias", linear.bias, False)]
+
+
+def _norm(prefix: str, norm: nnx.LayerNorm) -> list[tuple[str, nnx.Param, bool]]:
+    return [(f"{prefix}.weight", norm.scale, False), (f"{prefix}.bias", norm.bias, False)]
+
+
+def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
+    """Format-v1 weights as NumPy arrays (bfloat16 and float16 come out as float32)."""
+    out = {}
+    for name, param, transposed in parameter_table(model):
+        t = param[...]
+        if t.dtype in (jnp.bfloat16, jnp.float16):
+            t = t.astype(jnp.float32)  # NumPy has no bfloat16
+        a = np.asarray(t)
+        out[name] = np.ascontiguousarray(a.T if transposed else a)
+    return out
+
+
+def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) -> TransformerEncoder:
+    """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see ``shared.weights.validate``."""
+    v1.validate(weights, model.config)
+    for name, param, transposed in parameter_table(model):
+        a = np.asarray(weights[name])
+        a = a.T if transposed else a
+        param[...] = jnp.asarray(a, dtype=param.dtype)
+    return model
+
+
+def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
+    """Write weights and config to one format-v1 ``.safetensors`` file, atomically."""
+    v1.save_file(path, export_weights(model), model.config)
+
+
+def load(
+    path: str | os.PathLike, *, backend: str = "math", dtype=None, rngs: nnx.Rngs | None = None
+) -> TransformerEncoder:
+    """Build a model from any format-v1 checkpoint (saved by either implementation).
+
+    The model comes back in eval mode, ready for inference; call ``.train()`` to train it.
+    ``rngs`` seeds dropout should it be trained (default ``nnx.Rngs(0)``).
+    """
+    weights, cfg = v1.load_file(path)
+    return from_weights(weights, cfg, backend=backend, dtype=dtype, rngs=rngs)
+
+
+def from_weights(
+    weights: dict[str, np.ndarray],
+    cfg: EncoderConfig,
+    *,
+    backend: str = "math",
+    dtype=None,
+    rngs: nnx.Rngs | None = None,
+) -> TransformerEncoder:
+    """A model in eval mode holding ``weights`` (format v1), e.g. from ``shared.hf.load_bert``."""
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    model = TransformerEncoder(cfg, backend=backend, dtype=dtype, rngs=rngs)
+    import_weights(model, weights)
+    model.eval()
+    return model

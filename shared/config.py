@@ -1,0 +1,103 @@
+"""EncoderConfig: the one description of a model that both implementations build from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+__all__ = ["ACTIVATIONS", "POSITIONAL_KINDS", "EncoderConfig"]
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+POSITIONAL_KINDS = ("sinusoidal", "learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Hyperparameters of a Transformer encoder. Frozen and validated on construction.
+
+    Defaults give a small model that trains in seconds on a CPU; the paper's base model is
+    ``d_model=512, n_heads=8, d_ff=2048, n_layers=6, dropout=0.1``.
+    """
+
+    vocab_size: int = 1000  # token embedding rows; ids must lie in [0, vocab_size)
+    d_model: int = 64  # width of the residual stream (D)
+    n_heads: int = 4  # attention heads (H); head_dim = d_model // n_heads
+    d_ff: int = 256  # hidden width of the feed-forward block (F); the paper uses 4 * D
+    n_layers: int = 2  # encoder layers in the stack (N)
+    max_len: int = 128  # positions: table size (learned) or precomputed rows (sinusoidal)
+    dropout: float = 0.1  # on embeddings and on each sub-layer output, as in the paper
+    activation: str = "gelu"  # "relu", "gelu" (exact erf) or "gelu_tanh" (tanh approximation)
+    norm_first: bool = False  # False: post-norm (the paper, BERT); True: pre-norm (GPT-2 style)
+    layer_norm_eps: float = 1e-5  # PyTorch's default; Flax's nnx.LayerNorm defaults to 1e-6
+    positional: str = "sinusoidal"  # "sinusoidal" (the paper) or "learned" (BERT)
+    type_vocab_size: int = 0  # token-type (segment) embedding rows; 0 = no token types
+    embed_norm: bool = False  # LayerNorm after the embedding sum, as in BERT
+    final_norm: bool = False  # LayerNorm after the last layer, as pre-norm models need
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("type_vocab_size", self.type_vocab_size, minimum=0)
+        for name in ("norm_first", "embed_norm", "final_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be a bool")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        _check_float("dropout", self.dropout)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} must lie in [0, 1)")
+        _check_float("layer_norm_eps", self.layer_norm_eps)
+        if not self.layer_norm_eps > 0.0:
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
+        if self.positional not in POSITIONAL_KINDS:
+            raise ValueError(f"positional={self.positional!r} must be one of {POSITIONAL_KINDS}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (hd)."""
+        return self.d_model // self.n_heads
+
+    def replace(self, **changes: Any) -> EncoderConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        """Build from a dict; unknown keys are an error, missing keys take the defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EncoderConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an int")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+
+
+def _check_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")

@@ -1,0 +1,189 @@
+"""A float64 NumPy oracle of the whole encoder, written from the paper, not from either framework.
+
+Both implementations are tested against it. It reads format-v1 weights directly (linear
+weights (in, out), so every projection is ``x @ W + b``), and is slow on purpose: plain
+loops over layers, no fusion, every intermediate in float64.
+
+Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim, F d_ff.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from shared import masks
+from shared.config import EncoderConfig
+from shared.positional import sinusoidal
+
+__all__ = [
+    "Output",
+    "activation",
+    "forward",
+    "init_weights",
+    "layer_norm",
+    "multi_head_attention",
+    "scaled_dot_product_attention",
+]
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+class Output(NamedTuple):
+    last_hidden_state: np.ndarray  # (B, T, D), after final_norm if the config has one
+    attentions: list[np.ndarray]  # per layer, (B, H, T, T)
+    hidden_states: list[np.ndarray]  # n_layers + 1 arrays (B, T, D): embeddings, then each layer
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":  # exact: x * Phi(x)
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    if name == "gelu_tanh":  # Hendrycks & Gimpel's tanh approximation
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis, with the exact (two-pass) variance."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def scaled_dot_product_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """softmax(q k^T / sqrt(hd)) v for (B, H, T, hd) q and (B, H, S, hd) k, v.
+
+    ``mask`` broadcasts to (B, H, T, S); True = may attend. A query row with no allowed key
+    gets all-zero weights and a zero output. Returns ``(output (B, H, T, hd), weights (B, H, T, S))``.
+    """
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is None:
+        mask = np.ones(scores.shape, dtype=bool)
+    mask = np.broadcast_to(mask, scores.shape)
+    scores = np.where(mask, scores, -np.inf)
+    row_max = np.max(scores, axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)  # fully masked rows
+    exp = np.where(mask, np.exp(scores - row_max), 0.0)
+    total = exp.sum(axis=-1, keepdims=True)
+    weights = np.divide(exp, total, out=np.zeros_like(exp), where=total > 0)
+    return weights @ v, weights
+
+
+def multi_head_attention(
+    w: dict[str, np.ndarray],
+    x: np.ndarray,
+    context: np.ndarray | None,
+    n_heads: int,
+    mask: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-head attention with weights ``w[{q,k,v,out}.{weight,bias}]`` in format v1 layout."""
+    context = x if context is None else context
+    b, t, d = x.shape
+    s = context.shape[1]
+    hd = d // n_heads
+
+    def heads(y: np.ndarray, n: int) -> np.ndarray:
+        return y.reshape(b, n, n_heads, hd).transpose(0, 2, 1, 3)  # (B, H, n, hd)
+
+    q = heads(x @ w["q.weight"] + w["q.bias"], t)
+    k = heads(context @ w["k.weight"] + w["k.bias"], s)
+    v = heads(context @ w["v.weight"] + w["v.bias"], s)
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    out = out.transpose(0, 2, 1, 3).reshape(b, t, d)  # concatenate heads: (B, T, D)
+    return out @ w["out.weight"] + w["out.bias"], weights
+
+
+def _sub(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+
+
+def forward(
+    weights: dict[str, np.ndarray],
+    cfg: EncoderConfig,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    token_type_ids: np.ndarray | None = None,
+    *,
+    is_causal: bool = False,
+) -> Output:
+    """The encoder in float64, in eval mode (no dropout)."""
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    input_ids = np.asarray(input_ids)
+    _, t = input_ids.shape
+
+    x = w["embeddings.token.weight"][input_ids]  # (B, T, D), not scaled by sqrt(D)
+    if cfg.positional == "learned":
+        x = x + w["embeddings.position.weight"][:t]
+    else:
+        x = x + sinusoidal(t, cfg.d_model)
+    if cfg.type_vocab_size > 0:
+        types = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids)
+        x = x + w["embeddings.token_type.weight"][types]
+    if cfg.embed_norm:
+        x = layer_norm(
+            x, w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
+        )
+
+    mask = masks.make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
+    eps = cfg.layer_norm_eps
+    hidden_states, attentions = [x], []
+    for i in range(cfg.n_layers):
+        lw = _sub(w, f"layers.{i}")
+
+        def norm(y: np.ndarray, name: str, lw: dict = lw) -> np.ndarray:
+            return layer_norm(y, lw[f"{name}.weight"], lw[f"{name}.bias"], eps)
+
+        def attend(y: np.ndarray, lw: dict = lw) -> tuple[np.ndarray, np.ndarray]:
+            return multi_head_attention(_sub(lw, "attention"), y, None, cfg.n_heads, mask)
+
+        def ffn(y: np.ndarray, lw: dict = lw) -> np.ndarray:
+            h = activation(cfg.activation, y @ lw["ffn.in.weight"] + lw["ffn.in.bias"])
+            return h @ lw["ffn.out.weight"] + lw["ffn.out.bias"]
+
+        if cfg.norm_first:
+            a, attn = attend(norm(x, "norm1"))
+            x = x + a
+            x = x + ffn(norm(x, "norm2"))
+        else:
+            a, attn = attend(x)
+            x = norm(x + a, "norm1")
+            x = norm(x + ffn(x), "norm2")
+        hidden_states.append(x)
+        attentions.append(attn)
+    if cfg.final_norm:
+        x = layer_norm(x, w["final_norm.weight"], w["final_norm.bias"], eps)
+    return Output(x, attentions, hidden_states)
+
+
+def init_weights(cfg: EncoderConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 format-v1 weights for tests.
+
+    Every tensor is non-trivial (norm scales near 1 but not 1, non-zero biases), so that a
+    transposed, swapped or dropped tensor cannot go unnoticed; projections are N(0, 1/fan_in).
+    """
+    from shared.weights import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in expected_shapes(cfg).items():
+        module = name.split(".")[-2]  # norm, norm1, final_norm, token, q, in, ...
+        if "norm" in module:
+            a = (
+                1.0 + 0.1 * rng.standard_normal(shape)
+                if name.endswith("weight")
+                else (0.1 * rng.standard_normal(shape))
+            )
+        elif name.startswith("embeddings."):  # embedding tables
+            a = 0.5 * rng.standard_normal(shape)
+        elif len(shape) == 2:  # linear weights (in, out)
+            a = rng.standard_normal(shape) / math.sqrt(shape[0])
+        else:  # linear biases
+            a = 0.1 * rng.standard_normal(shape)
+        out[name] = a.astype(np.float32)
+    return out

@@ -1,0 +1,159 @@
+"""Checkpoint format v1: one framework-neutral ``{name: array}`` map in a safetensors file.
+
+Layout (``D`` = d_model, ``F`` = d_ff, ``V`` = vocab_size)::
+
+    embeddings.token.weight           (V, D)
+    embeddings.position.weight        (max_len, D)          only if positional == "learned"
+    embeddings.token_type.weight      (type_vocab_size, D)  only if type_vocab_size > 0
+    embeddings.norm.weight|bias       (D,)                  only if embed_norm
+    layers.{i}.attention.{q,k,v,out}.weight (D, D), .bias (D,)
+    layers.{i}.norm1.weight|bias      (D,)   the norm around attention
+    layers.{i}.ffn.in.weight (D, F), .bias (F,);  layers.{i}.ffn.out.weight (F, D), .bias (D,)
+    layers.{i}.norm2.weight|bias      (D,)   the norm around the feed-forward block
+    final_norm.weight|bias            (D,)                  only if final_norm
+
+Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the paper; PyTorch's
+``nn.Linear`` keeps (out, in) and transposes on the way in and out. Head ``h`` of q, k and v
+is columns ``h*hd:(h+1)*hd``, and rows ``h*hd:(h+1)*hd`` of ``out.weight``.
+
+The file's metadata is ``{"format": "twin-encoder/1", "config": <EncoderConfig JSON>}``.
+Loading is strict and never unpickles anything; saving is atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import EncoderConfig
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "expected_shapes",
+    "load_file",
+    "save_file",
+    "validate",
+]
+
+FORMAT = "twin-encoder/1"
+
+Weights = dict[str, np.ndarray]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight map that does not match format v1 or its config."""
+
+
+def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order."""
+    d, f = cfg.d_model, cfg.d_ff
+    shapes: dict[str, tuple[int, ...]] = {"embeddings.token.weight": (cfg.vocab_size, d)}
+    if cfg.positional == "learned":
+        shapes["embeddings.position.weight"] = (cfg.max_len, d)
+    if cfg.type_vocab_size > 0:
+        shapes["embeddings.token_type.weight"] = (cfg.type_vocab_size, d)
+    if cfg.embed_norm:
+        shapes |= _norm("embeddings.norm", d)
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}"
+        for name in ("q", "k", "v", "out"):
+            shapes |= _linear(f"{p}.attention.{name}", d, d)
+        shapes |= _norm(f"{p}.norm1", d)
+        shapes |= _linear(f"{p}.ffn.in", d, f)
+        shapes |= _linear(f"{p}.ffn.out", f, d)
+        shapes |= _norm(f"{p}.norm2", d)
+    if cfg.final_norm:
+        shapes |= _norm("final_norm", d)
+    return shapes
+
+
+def _linear(prefix: str, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.weight": (d_in, d_out), f"{prefix}.bias": (d_out,)}
+
+
+def _norm(prefix: str, d: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.weight": (d,), f"{prefix}.bias": (d,)}
+
+
+def validate(weights: Weights, cfg: EncoderConfig) -> None:
+    """Raise :class:`CheckpointError` unless ``weights`` is exactly format v1 for ``cfg``."""
+    expected = expected_shapes(cfg)
+    missing = [k for k in expected if k not in weights]
+    unexpected = sorted(k for k in weights if k not in expected)
+    if missing:
+        raise CheckpointError(
+            f"missing tensor {missing[0]!r} (expected shape {expected[missing[0]]})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"unexpected tensor {unexpected[0]!r} (shape {tuple(np.shape(weights[unexpected[0]]))})"
+            f" not in format v1 for this config"
+            + (f"; and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+        )
+    for name, shape in expected.items():
+        array = weights[name]
+        found = tuple(np.shape(array))
+        if found != shape:
+            raise CheckpointError(f"tensor {name!r}: expected shape {shape}, found {found}")
+        dtype = np.asarray(array).dtype
+        if not np.issubdtype(dtype, np.floating):
+            raise CheckpointError(f"tensor {name!r}: expected a float dtype, found {dtype}")
+
+
+def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> None:
+    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file."""
+    from safetensors.numpy import save_file as _save
+
+    validate(weights, cfg)
+    path = Path(path)
+    tensors = {k: np.ascontiguousarray(weights[k]) for k in expected_shapes(cfg)}
+    metadata = {"format": FORMAT, "config": cfg.to_json()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        _save(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
+    """Read a format-v1 checkpoint: ``(weights, config)``. Strict; never unpickles."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata = fh.metadata() or {}
+            weights = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers and sizes
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated, corrupt or another "
+            f"format; pickle-based .bin/.pt files are never loaded): {e}"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: metadata 'format' is {metadata.get('format')!r}, expected {FORMAT!r}"
+        )
+    if "config" not in metadata:
+        raise CheckpointError(f"{path}: metadata has no 'config'")
+    try:
+        cfg = EncoderConfig.from_dict(json.loads(metadata["config"]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: metadata 'config' is invalid: {e}") from None
+    try:
+        validate(weights, cfg)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: tensors disagree with the metadata config: {e}") from None
+    return weights, cfg

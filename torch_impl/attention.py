@@ -1,0 +1,164 @@
+"""Scaled dot-product and multi-head attention in PyTorch.
+
+Mirrors ``jax_impl/attention.py`` statement for statement; ``diff`` the two files to see
+the framework idioms and nothing else.
+
+Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim = D / H.
+Masks are boolean, True = may attend (``shared/masks.py``), shaped to broadcast to (B, H, T, S).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.inputs import check_mask_shape
+
+__all__ = [
+    "BACKENDS",
+    "MultiHeadAttention",
+    "fused_attention",
+    "make_attention_mask",
+    "scaled_dot_product_attention",
+]
+
+BACKENDS = ("math", "fused")
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(hd)) V, written out.
+
+    Args:
+        q: (B, H, T, hd) queries; k, v: (B, H, S, hd) keys and values.
+        mask: boolean, broadcastable to (B, H, T, S); True = may attend.
+
+    Returns:
+        ``(output (B, H, T, hd), weights (B, H, T, S))``. The softmax runs in at least
+        float32. A query row with no allowed key gets all-zero weights, so a zero output
+        and finite gradients (the paper leaves this case undefined; PyTorch's
+        ``nn.MultiheadAttention`` returns NaN there).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # finite fill
+    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)  # only changes rows with no allowed key
+    weights = weights.to(v.dtype)
+    return weights @ v, weights  # (B, H, T, hd), (B, H, T, S)
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The same function through PyTorch's fused kernel, ``F.scaled_dot_product_attention``.
+
+    Fused kernels never materialise the weights, so only the output (B, H, T, hd) comes back.
+    Rows with no allowed key are given every key (a finite average) and then zeroed, which
+    matches :func:`scaled_dot_product_attention` whatever kernel PyTorch picks.
+    """
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
+    return out.masked_fill(~has_key, 0.0)  # (B, H, T, hd)
+
+
+def make_attention_mask(
+    attention_mask: torch.Tensor | None,
+    *,
+    is_causal: bool,
+    q_len: int,
+    k_len: int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """(B, S) real-token mask and/or causality -> one boolean (B|1, 1, T, S) mask, or None."""
+    mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    if is_causal:
+        k_len = q_len if k_len is None else k_len
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
+        mask = causal if mask is None else mask & causal  # (B|1, 1, T, S)
+    return mask
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W_o, head_i = Attention(Q W_q^i, K W_k^i, V W_v^i).
+
+    Self-attention when ``context`` is omitted, cross-attention otherwise. ``backend="math"``
+    runs :func:`scaled_dot_product_attention`; ``backend="fused"`` runs :func:`fused_attention`
+    (same numbers, tested), except that a call with ``return_attention=True`` always runs the
+    math path, because fused kernels do not produce the weights.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, *, backend: str = "math", dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} must be one of {BACKENDS}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.backend = backend
+        self.q = linear(d_model, d_model, dtype=dtype)
+        self.k = linear(d_model, d_model, dtype=dtype)
+        self.v = linear(d_model, d_model, dtype=dtype)
+        self.out = linear(d_model, d_model, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D), context (B, S, D) -> (B, T, D) [and weights (B, H, T, S)]."""
+        context = x if context is None else context
+        b, t, d = x.shape
+        s = context.shape[1]
+        h, hd = self.n_heads, self.head_dim
+        if mask is not None:
+            check_mask_shape(tuple(mask.shape), dtype_kind(mask), b=b, h=h, t=t, s=s)
+
+        # 1. Project, and split the feature axis into heads.
+        q = self.q(x).view(b, t, h, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k(context).view(b, s, h, hd).transpose(1, 2)  # (B, H, S, hd)
+        v = self.v(context).view(b, s, h, hd).transpose(1, 2)  # (B, H, S, hd)
+
+        # 2. Attend, in every head at once.
+        if self.backend == "fused" and not return_attention:
+            out, weights = fused_attention(q, k, v, mask), None
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v, mask)
+
+        # 3. Concatenate the heads and project back.
+        out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        out = self.out(out)
+        return (out, weights) if return_attention else out
+
+
+def linear(d_in: int, d_out: int, *, dtype: torch.dtype | None = None) -> nn.Linear:
+    """``nn.Linear`` initialised as ``jax_impl`` does: Xavier-uniform weight, zero bias."""
+    layer = nn.Linear(d_in, d_out, dtype=dtype)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def dtype_kind(x: torch.Tensor) -> str:
+    """NumPy dtype kind of a tensor: 'b', 'f', 'c', 'u' or 'i'."""
+    if x.dtype == torch.bool:
+        return "b"
+    if x.dtype.is_floating_point:
+        return "f"
+    if x.dtype.is_complex:
+        return "c"
+    return "u" if x.dtype == torch.uint8 else "i"

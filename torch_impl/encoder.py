@@ -1,0 +1,257 @@
+"""The Transformer encoder in PyTorch: embeddings, encoder layer (post- and pre-norm), stack.
+
+Mirrors ``jax_impl/encoder.py`` statement for statement.
+
+Notation: B batch, T sequence length, D d_model, F d_ff, V vocab_size, N n_layers.
+
+Initialisation (the same distributions in both implementations): linear weights Xavier
+uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.config import EncoderConfig
+from shared.inputs import Spec, check_inputs
+from shared.positional import sinusoidal
+from torch_impl.attention import MultiHeadAttention, dtype_kind, linear, make_attention_mask
+
+__all__ = ["Embeddings", "Encoder", "EncoderLayer", "FeedForward", "TransformerEncoder"]
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "relu":
+        return F.relu(x)
+    if name == "gelu":
+        return F.gelu(x)  # exact erf form (PyTorch's default)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _layer_norm(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
+
+
+def _embedding(rows: int, cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Embedding:
+    embedding = nn.Embedding(rows, cfg.d_model, dtype=dtype)
+    nn.init.normal_(embedding.weight, std=1.0)
+    return embedding
+
+
+class Embeddings(nn.Module):
+    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout.
+
+    The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
+    Sinusoidal positions extend past ``max_len``; learned ones cannot.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.config = cfg
+        self.token = _embedding(cfg.vocab_size, cfg, dtype)
+        if cfg.positional == "learned":
+            self.position = _embedding(cfg.max_len, cfg, dtype)
+        else:
+            self.position = None
+            table = sinusoidal(cfg.max_len, cfg.d_model)  # (max_len, D), float64
+            table = torch.from_numpy(table).to(dtype or torch.get_default_dtype())
+            self.register_buffer("sinusoid", table, persistent=False)
+        self.token_type = (
+            _embedding(cfg.type_vocab_size, cfg, dtype) if cfg.type_vocab_size else None
+        )
+        self.norm = _layer_norm(cfg, dtype) if cfg.embed_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def positions(self, t: int) -> torch.Tensor:
+        """(T, D) position vectors for positions 0..T-1."""
+        if self.position is not None:
+            return self.position.weight[:t]
+        if t <= self.sinusoid.shape[0]:
+            return self.sinusoid[:t]
+        table = torch.from_numpy(sinusoidal(t, self.config.d_model))
+        return table.to(device=self.sinusoid.device, dtype=self.sinusoid.dtype)
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        t = input_ids.shape[1]
+        x = self.token(input_ids)  # (B, T, D)
+        x = x + self.positions(t)[None]  # (B, T, D) + (1, T, D)
+        if self.token_type is not None:
+            types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.token_type(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
+
+    def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.activation = cfg.activation
+        self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype)
+        self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(activation(self.activation, self.in_proj(x)))  # (B, T, D)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and feed-forward, each wrapped in dropout, a residual and a LayerNorm.
+
+    Post-norm (the paper): x = LN(x + Dropout(Sublayer(x))).
+    Pre-norm (``norm_first``): x = x + Dropout(Sublayer(LN(x))).
+    Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
+    ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
+    """
+
+    def __init__(
+        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.attention = MultiHeadAttention(cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype)
+        self.norm1 = _layer_norm(cfg, dtype)
+        self.ffn = FeedForward(cfg, dtype=dtype)
+        self.norm2 = _layer_norm(cfg, dtype)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``."""
+        if self.norm_first:
+            a, weights = self._attend(self.norm1(x), mask, return_attention)
+            x = x + self.dropout(a)
+            x = x + self.dropout(self.ffn(self.norm2(x)))
+        else:
+            a, weights = self._attend(x, mask, return_attention)
+            x = self.norm1(x + self.dropout(a))
+            x = self.norm2(x + self.dropout(self.ffn(x)))
+        return x, weights
+
+    def _attend(self, x, mask, return_attention):
+        if return_attention:
+            return self.attention(x, mask=mask, return_attention=True)
+        return self.attention(x, mask=mask), None
+
+
+class Encoder(nn.Module):
+    """N encoder layers, then a final LayerNorm if ``final_norm`` (pre-norm models need one)."""
+
+    def __init__(
+        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [EncoderLayer(cfg, backend=backend, dtype=dtype) for _ in range(cfg.n_layers)]
+        )
+        self.final_norm = _layer_norm(cfg, dtype) if cfg.final_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``.
+
+        ``hidden_states`` holds N + 1 tensors: the input, then each layer's output (before
+        the final norm); ``attentions`` holds each layer's (B, H, T, T) weights.
+        """
+        attentions = [] if return_attention else None
+        hidden_states = [x] if return_hidden_states else None
+        for layer in self.layers:
+            x, weights = layer(x, mask, return_attention=return_attention)
+            if return_attention:
+                attentions.append(weights)
+            if return_hidden_states:
+                hidden_states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, attentions, hidden_states
+
+
+class TransformerEncoder(nn.Module):
+    """Embeddings, then the encoder stack. Starts in train mode, as every PyTorch module.
+
+    Args:
+        cfg: the model's hyperparameters.
+        backend: ``"math"`` (explicit attention) or ``"fused"`` (PyTorch's SDPA kernel).
+        dtype: parameter dtype (default float32), e.g. ``torch.float64`` or ``torch.bfloat16``.
+            Prefer it to ``.to(dtype)``: the sinusoid table is then rounded once, from float64.
+    """
+
+    def __init__(
+        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg, dtype=dtype)
+        self.encoder = Encoder(cfg, backend=backend, dtype=dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        is_causal: bool = False,
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+    ):
+        """input_ids (B, T) -> hidden states (B, T, D).
+
+        Args:
+            input_ids: (B, T) integer token ids in [0, vocab_size).
+            attention_mask: (B, T), 1/True = real token, 0/False = padding (keys only:
+                outputs at padded positions are computed and finite, but meaningless).
+            token_type_ids: (B, T) segment ids; row 0 when omitted (if the config has types).
+            is_causal: position t attends only to positions <= t.
+            return_attention: also return each layer's (B, H, T, T) attention weights.
+            return_hidden_states: also return the N + 1 hidden states (embeddings, then each
+                layer's output before the final norm).
+
+        Returns:
+            ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
+            ``(h, attentions, hidden_states)``, as requested.
+        """
+        device = self.embeddings.token.weight.device
+        input_ids = torch.as_tensor(input_ids, device=device)
+        if attention_mask is not None:
+            attention_mask = torch.as_tensor(attention_mask, device=device)
+        if token_type_ids is not None:
+            token_type_ids = torch.as_tensor(token_type_ids, device=device)
+        check_inputs(
+            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
+        )
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
+        t = input_ids.shape[1]
+        mask = make_attention_mask(attention_mask, is_causal=is_causal, q_len=t, device=device)
+        x, attentions, hidden_states = self.encoder(
+            x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
+        )
+        outputs = (x,)
+        if return_attention:
+            outputs += (attentions,)
+        if return_hidden_states:
+            outputs += (hidden_states,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _values(x: torch.Tensor | None) -> np.ndarray | Spec | None:
+    """Concrete values for validation, or only shape and kind while torch.compile traces."""
+    if x is None:
+        return None
+    if torch.compiler.is_compiling():
+        return Spec(tuple(x.shape), dtype_kind(x))
+    return x.detach().cpu().numpy()
