@@ -90,3 +90,75 @@ def run_jax(model, ids, mask=None, types=None, *, dtype: str = "float32", **kwar
 
 def random_weights(cfg: EncoderConfig, seed: int = 0):
     return reference.init_weights(cfg, seed)
+
+
+# --- forward + backward through the stack, with a general mask ---------------------------
+#
+# The grid tests run embeddings -> encoder stack with a general boolean mask (B|1, H|1, T, T),
+# so that every mask kind, including custom per-head masks, goes through the same path. The
+# loss is <h, probe> for a fixed random probe, so every parameter gets a non-trivial gradient.
+# The embedding output gets ``+ offset`` (zeros) so that d loss / d embeddings is d loss / d offset.
+
+
+def torch_forward_backward(model, ids, types, mask4d, probe, *, attention: bool = True) -> dict:
+    """Outputs, per-layer states, attention weights (if ``attention``; asking for them runs the
+    math path even on the fused backend) and gradients of ``<h, probe>``, as NumPy."""
+    device = next(model.parameters()).device
+    dtype = model.embeddings.token.weight.dtype
+
+    def t(a, dt=None):
+        return None if a is None else torch.as_tensor(a, device=device, dtype=dt)
+
+    model.zero_grad(set_to_none=True)
+    offset = torch.zeros(*ids.shape, model.config.d_model, dtype=dtype, device=device)
+    offset.requires_grad_(True)
+    x = model.embeddings(t(ids), t(types)) + offset  # (B, T, D)
+    h, attn, hidden = model.encoder(
+        x, t(mask4d), return_attention=attention, return_hidden_states=True
+    )
+    (h * t(probe, dtype)).sum().backward()
+    grads = {
+        name: to_numpy(p.grad.T if transposed else p.grad)
+        for name, p, transposed in torch_impl.parameter_table(model)
+    }
+    return {
+        "h": to_numpy(h),
+        "attentions": [to_numpy(a) for a in attn or []],
+        "hidden_states": [to_numpy(a) for a in hidden],
+        "grads": grads,
+        "grad_embeddings": to_numpy(offset.grad),
+    }
+
+
+def jax_forward_backward(
+    model, ids, types, mask4d, probe, *, dtype: str = "float32", attention: bool = True
+) -> dict:
+    """The JAX twin of :func:`torch_forward_backward`."""
+    from flax import nnx
+
+    with jax_dtype_scope(dtype):
+        jdtype = JAX_DTYPES[dtype]
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        mask = None if mask4d is None else jnp.asarray(mask4d)
+        probe = jnp.asarray(probe, dtype=jdtype)
+
+        def loss(params, offset):
+            m = nnx.merge(graphdef, params, rest)
+            x = m.embeddings(jnp.asarray(ids), None if types is None else jnp.asarray(types))
+            h, attn, hidden = m.encoder(
+                x + offset, mask, return_attention=attention, return_hidden_states=True
+            )
+            return (h * probe).sum(), (h, attn, hidden)
+
+        offset = jnp.zeros((*ids.shape, model.config.d_model), dtype=jdtype)
+        (g_params, g_offset), (h, attn, hidden) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+            params, offset
+        )
+        grads = jax_impl.export_weights(nnx.merge(graphdef, g_params, rest))
+        return {
+            "h": to_numpy(h),
+            "attentions": [to_numpy(a) for a in attn or []],
+            "hidden_states": [to_numpy(a) for a in hidden],
+            "grads": grads,
+            "grad_embeddings": to_numpy(g_offset),
+        }

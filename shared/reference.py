@@ -111,8 +111,13 @@ def forward(
     token_type_ids: np.ndarray | None = None,
     *,
     is_causal: bool = False,
+    attn_mask: np.ndarray | None = None,
 ) -> Output:
-    """The encoder in float64, in eval mode (no dropout)."""
+    """The encoder in float64, in eval mode (no dropout).
+
+    ``attn_mask``: an optional general boolean mask (B|1, 1|H, T, T), True = may attend,
+    combined (logical and) with ``attention_mask`` and ``is_causal``.
+    """
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     input_ids = np.asarray(input_ids)
     _, t = input_ids.shape
@@ -131,6 +136,8 @@ def forward(
         )
 
     mask = masks.make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
+    if attn_mask is not None:
+        mask = attn_mask if mask is None else mask & attn_mask
     eps = cfg.layer_norm_eps
     hidden_states, attentions = [x], []
     for i in range(cfg.n_layers):
