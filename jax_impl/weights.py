@@ -61,7 +61,7 @@ def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
         if t.dtype in (jnp.bfloat16, jnp.float16):
             t = t.astype(jnp.float32)  # NumPy has no bfloat16
         a = np.asarray(t)
-        out[name] = np.ascontiguousarray(a.T if transposed else a)
+        out[name] = np.array(a.T if transposed else a, order="C")  # a copy, never a view
     return out
 
 
@@ -69,7 +69,7 @@ def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) ->
     """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see ``shared.weights.validate``."""
     v1.validate(weights, model.config)
     for name, param, transposed in parameter_table(model):
-        a = np.asarray(weights[name])
+        a = v1.as_numpy_float(weights[name])
         a = a.T if transposed else a
         param[...] = jnp.asarray(a, dtype=param.dtype)
     return model

@@ -46,3 +46,28 @@ def test_design_example_runs_and_agrees(tmp_path):
     assert_close(
         np.asarray(jm2(input_ids, attention_mask=mask)), h_t.detach().numpy(), tol, "loaded"
     )
+
+
+def test_exported_weights_are_copies_not_views_of_the_live_parameters():
+    import torch
+
+    cfg = EncoderConfig(dropout=0.0)
+    tm = torch_impl.TransformerEncoder(cfg)
+    jm = jax_impl.TransformerEncoder(cfg, rngs=nnx.Rngs(0))
+    for export, bump in (
+        (torch_impl.export_weights, lambda: tm.encoder.layers[0].norm1.weight.add_(1.0)),
+        (
+            jax_impl.export_weights,
+            lambda: setattr(
+                jm.encoder.layers[0].norm1,
+                "scale",
+                nnx.Param(jm.encoder.layers[0].norm1.scale[...] + 1),
+            ),
+        ),
+    ):
+        model = tm if export is torch_impl.export_weights else jm
+        exported = export(model)
+        before = exported["layers.0.norm1.weight"].copy()
+        with torch.no_grad():
+            bump()
+        np.testing.assert_array_equal(exported["layers.0.norm1.weight"], before)

@@ -22,7 +22,6 @@ Loading is strict and never unpickles anything; saving is atomic (temporary file
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from shared.config import EncoderConfig
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "as_numpy_float",
     "expected_shapes",
     "load_file",
     "save_file",
@@ -102,8 +102,15 @@ def validate(weights: Weights, cfg: EncoderConfig) -> None:
         if found != shape:
             raise CheckpointError(f"tensor {name!r}: expected shape {shape}, found {found}")
         dtype = np.asarray(array).dtype
-        if not np.issubdtype(dtype, np.floating):
+        if not (np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
             raise CheckpointError(f"tensor {name!r}: expected a float dtype, found {dtype}")
+
+
+def as_numpy_float(array) -> np.ndarray:
+    """``array`` as a NumPy float array, bfloat16 (``ml_dtypes``) widened exactly to float32,
+    since frameworks cannot take NumPy bfloat16 directly."""
+    array = np.asarray(array)
+    return array.astype(np.float32) if array.dtype.name == "bfloat16" else array
 
 
 def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> None:
@@ -149,7 +156,7 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
     if "config" not in metadata:
         raise CheckpointError(f"{path}: metadata has no 'config'")
     try:
-        cfg = EncoderConfig.from_dict(json.loads(metadata["config"]))
+        cfg = EncoderConfig.from_json(metadata["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata 'config' is invalid: {e}") from None
     try:

@@ -60,7 +60,7 @@ def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()  # NumPy has no bfloat16
         a = t.numpy()
-        out[name] = np.ascontiguousarray(a.T if transposed else a)
+        out[name] = np.array(a.T if transposed else a, order="C")  # a copy, never a view
     return out
 
 
@@ -69,7 +69,7 @@ def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) ->
     v1.validate(weights, model.config)
     with torch.no_grad():
         for name, param, transposed in parameter_table(model):
-            a = np.asarray(weights[name])
+            a = v1.as_numpy_float(weights[name])
             a = a.T if transposed else a
             param.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(param.dtype))
     return model
