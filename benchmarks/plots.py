@@ -1,0 +1,268 @@
+"""PNG plots of a run (matplotlib, Agg backend: no display needed).
+
+* ``latency_vs_seq_len.png``: time per sequence (median call time / batch) against sequence
+  length, log-log: slope 1 where the linear layers dominate, towards 2 where attention's
+  T^2 terms do;
+* ``throughput.png``: tokens per second of every variant and mode, at the shortest sequence;
+* ``memory_vs_seq_len.png``: peak working memory per sequence against sequence length;
+* ``utilization.png``: achieved FLOP/s as a share of the measured matmul peak (and of the
+  datasheet peak where one is known) against sequence length;
+* ``throughput_vs_batch.png``: tokens per second against batch size, when a run has batch
+  sweeps.
+
+Lines: colour = framework and variant, solid = compiled, dashed = eager.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_all"]
+
+Row = dict[str, Any]
+
+_COLOURS = {
+    ("torch", "ours", "math"): "#9ecae1",
+    ("torch", "ours", "fused"): "#3182bd",
+    ("torch", "native", "native"): "#08306b",
+    ("jax", "ours", "math"): "#fdae6b",
+    ("jax", "ours", "fused"): "#e6550d",
+    ("jax", "native", "native"): "#7f2704",
+}
+_STYLES = {"compiled": "-", "eager": "--"}
+_MARKERS = {"torch": "o", "jax": "s"}
+
+
+def _series_key(row: Row) -> tuple[str, str, str, str]:
+    return (row["framework"], row["implementation"], row["backend"], row["mode"])
+
+
+def _series_label(key: tuple[str, str, str, str]) -> str:
+    framework, implementation, backend, mode = key
+    variant = "native" if implementation == "native" else f"ours {backend}"
+    return f"{framework} {variant}, {mode}"
+
+
+def _sweep_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows of the sequence-length sweep: at each length, the most common batch size
+    (batch sweeps add other batch sizes at one length; they have their own plot)."""
+    by_len: dict[int, Counter] = defaultdict(Counter)
+    for r in rows:
+        by_len[r["seq_len"]][r["batch"]] += 1
+    batch_at = {t: max(c, key=lambda b: (c[b], b)) for t, c in by_len.items()}
+    return [r for r in rows if r["batch"] == batch_at[r["seq_len"]]]
+
+
+def _panels(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """(phase, dtype) pairs present, in a stable order."""
+    order = {"forward": 0, "forward_backward": 1, "train_step": 2}
+    keys = {(r["phase"], r["dtype"]) for r in rows}
+    return sorted(keys, key=lambda k: (order.get(k[0], 9), k[1]))
+
+
+def _title(rows: Sequence[Row], what: str) -> str:
+    r = rows[0]
+    device = r.get("device_name") or r["device"]
+    return f"{what}: {r['config']} on {r['device']} ({device}), matmuls in {r['precision']}"
+
+
+def _line_figure(
+    plt: Any,
+    rows: Sequence[Row],
+    *,
+    y: Callable[[Row], float | None],
+    ylabel: str,
+    title: str,
+    path: Path,
+    x: str = "seq_len",
+    xlabel: str = "sequence length T (tokens)",
+    logy: bool = True,
+    hline: float | None = None,
+) -> bool:
+    rows = [r for r in rows if y(r) is not None]
+    if not rows:
+        return False
+    panels = _panels(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels) + 2.6, 4.8), squeeze=False)
+    for ax, (phase, dtype) in zip(axes[0], panels, strict=True):
+        series: dict[tuple, list[Row]] = defaultdict(list)
+        for r in rows:
+            if (r["phase"], r["dtype"]) == (phase, dtype):
+                series[_series_key(r)].append(r)
+        for key, points in sorted(series.items()):
+            points.sort(key=lambda r: r[x])
+            framework, implementation, backend, mode = key
+            ax.plot(
+                [r[x] for r in points],
+                [y(r) for r in points],
+                _STYLES.get(mode, ":"),
+                marker=_MARKERS.get(framework, "x"),
+                color=_COLOURS.get((framework, implementation, backend), "grey"),
+                label=_series_label(key),
+            )
+        xs = sorted({r[x] for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([_tick(rows, x, v) for v in xs])
+        ax.minorticks_off()
+        if logy:
+            ax.set_yscale("log")
+        if hline is not None:
+            ax.axhline(hline, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{phase}, {dtype}")
+        ax.grid(True, which="both", alpha=0.3)
+    legend: dict[str, Any] = {}  # label -> handle, across panels
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _tick(rows: Sequence[Row], x: str, value: int) -> str:
+    """A sequence length's tick names its batch size too, where that is one number."""
+    if x != "seq_len":
+        return str(value)
+    batches = {r["batch"] for r in rows if r["seq_len"] == value}
+    return f"{value}\nB={batches.pop()}" if len(batches) == 1 else str(value)
+
+
+def _throughput_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
+    """Grouped bars at the shortest sequence length of the sweep: one group per variant and
+    mode, one bar per framework."""
+    rows = _sweep_rows(rows)
+    if not rows:
+        return False
+    t = min(r["seq_len"] for r in rows)
+    rows = [r for r in rows if r["seq_len"] == t]
+    panels = _panels(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False)
+    for ax, (phase, dtype) in zip(axes[0], panels, strict=True):
+        here = [r for r in rows if (r["phase"], r["dtype"]) == (phase, dtype)]
+        groups = sorted({(r["implementation"], r["backend"], r["mode"]) for r in here})
+        frameworks = sorted({r["framework"] for r in here}, key=["torch", "jax"].index)
+        width = 0.8 / max(1, len(frameworks))
+        for j, fw in enumerate(frameworks):
+            values = []
+            for g in groups:
+                match = [
+                    r
+                    for r in here
+                    if (r["implementation"], r["backend"], r["mode"]) == g and r["framework"] == fw
+                ]
+                values.append(match[0]["tokens_per_s"] if match else 0.0)
+            xs = [i + (j - (len(frameworks) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, values, width, label=fw, color="#3182bd" if fw == "torch" else "#e6550d")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(
+            [("native" if i == "native" else f"ours {b}") + f"\n{m}" for i, b, m in groups],
+            fontsize="small",
+        )
+        batch = here[0]["batch"]
+        ax.set_ylabel("tokens per second (higher is better)")
+        ax.set_title(f"{phase}, {dtype}, B={batch}, T={t}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle(_title(rows, "Throughput"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
+    """Write every plot that the rows have data for; returns the files written.
+
+    Needs matplotlib; without it, no plots (the caller says so).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    if not rows:
+        return written
+    sweep = _sweep_rows(rows)
+
+    def per_sequence(field: str, scale: float) -> Callable[[Row], float | None]:
+        def f(r: Row) -> float | None:
+            return None if r[field] is None else r[field] / r["batch"] * scale
+
+        return f
+
+    plan = [
+        (
+            "latency_vs_seq_len.png",
+            dict(
+                y=per_sequence("median_ms", 1.0),
+                ylabel="median time per sequence (ms) = call time / B",
+                title=_title(sweep, "Latency"),
+            ),
+        ),
+        (
+            "memory_vs_seq_len.png",
+            dict(
+                y=per_sequence("peak_memory_bytes", 1 / 2**20),
+                ylabel="peak working memory per sequence (MiB)",
+                title=_title(sweep, "Peak memory of one call"),
+            ),
+        ),
+        (
+            "utilization.png",
+            dict(
+                y=lambda r: None if r["utilization"] is None else 100 * r["utilization"],
+                ylabel="% of the matmul peak measured in this run",
+                title=_title(sweep, "Utilisation"),
+                logy=False,
+                hline=100.0,
+            ),
+        ),
+        (
+            "utilization_datasheet.png",
+            dict(
+                y=lambda r: (
+                    None if r["utilization_datasheet"] is None else 100 * r["utilization_datasheet"]
+                ),
+                ylabel="% of the datasheet peak",
+                title=_title(sweep, "Utilisation (datasheet)"),
+                logy=False,
+            ),
+        ),
+    ]
+    for name, kwargs in plan:
+        if _line_figure(plt, sweep, path=out / name, **kwargs):
+            written.append(out / name)
+    if _throughput_bars(plt, rows, out / "throughput.png"):
+        written.append(out / "throughput.png")
+    batch_rows = _batch_sweep_rows(rows)
+    if batch_rows and _line_figure(
+        plt,
+        batch_rows,
+        y=lambda r: r["tokens_per_s"],
+        ylabel="tokens per second",
+        title=_title(batch_rows, "Throughput against batch size"),
+        path=out / "throughput_vs_batch.png",
+        x="batch",
+        xlabel="batch size B (sequences)",
+    ):
+        written.append(out / "throughput_vs_batch.png")
+    return written
+
+
+def _batch_sweep_rows(rows: Sequence[Row]) -> list[Row]:
+    """Rows at the sequence length that has more than two batch sizes, if any."""
+    batches: dict[int, set[int]] = defaultdict(set)
+    for r in rows:
+        batches[r["seq_len"]].add(r["batch"])
+    lengths = [t for t, bs in batches.items() if len(bs) > 2]
+    return [r for r in rows if r["seq_len"] in lengths[:1]]

@@ -1,0 +1,243 @@
+"""The JAX side: build each variant from format-v1 weights, and turn a case into a
+:class:`~benchmarks.harness.Workload` (eager, or under ``jax.jit``).
+
+The model is timed as a pure function: ``nnx.split`` separates the module into a static
+graph definition and its state (parameters, and the rest), and the timed functions take
+the state as arguments and ``nnx.merge`` it back inside. ``jax.jit`` of such a function
+costs nothing per call beyond JAX's dispatch, whereas ``nnx.jit`` would walk the module's
+object graph in Python on every call (pitfalls.md, "Flax NNX overhead").
+
+Phases, as in ``run_torch`` (loss ``mean(h**2)`` over float32 hidden states):
+
+* forward: eval mode;
+* forward_backward: ``jax.grad`` of the loss with respect to the parameters;
+* train_step: the gradient, then ``optax.adamw`` (the same hyperparameters as torch's
+  AdamW), all in one function; compiled, it is one ``jax.jit`` executable, with the
+  parameters and optimizer state donated so that they are updated in place, as torch does.
+
+Compiled: ``jax.jit(f).lower(*args).compile()``, timed (tracing and lowering included).
+Eager: the same Python function called without ``jax.jit``; JAX then runs it op by op.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jax_impl
+from benchmarks.harness import PeakRss, Workload, time_calls
+from benchmarks.peaks import MeasuredPeak, peak_matmul_size
+from benchmarks.suites import Case, variant_parts
+from shared.config import EncoderConfig
+
+__all__ = ["JaxRunner", "NativeModel", "build_model"]
+
+JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OPTIMIZER = {"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.01}
+
+
+def _native_module() -> Any | None:
+    """``jax_impl.native``, or None while it does not exist."""
+    try:
+        return importlib.import_module("jax_impl.native")
+    except ImportError:
+        return None
+
+
+class NativeModel(nnx.Module):
+    """Our embeddings, then an encoder stack of Flax's ``nnx.MultiHeadAttention`` layers
+    (``jax_impl.native``), as ``run_torch.NativeModel`` pairs ours with PyTorch's."""
+
+    def __init__(self, embeddings: nnx.Module, stack: nnx.Module) -> None:
+        self.embeddings = embeddings
+        self.stack = stack
+
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+
+
+def build_model(
+    variant: str, cfg: EncoderConfig, weights: dict[str, np.ndarray], *, dtype: str
+) -> nnx.Module:
+    """The model of ``variant`` ("ours-math", "ours-fused" or "native") holding ``weights``,
+    on JAX's default device (the caller's ``jax.default_device``)."""
+    implementation, backend = variant_parts(variant)
+    jax_dtype = JAX_DTYPES[dtype]
+    if implementation == "ours":
+        return jax_impl.from_weights(weights, cfg, backend=backend, dtype=jax_dtype)
+    native = _native_module()
+    if native is None:
+        raise RuntimeError("jax_impl.native is not available")
+    ours = jax_impl.from_weights(weights, cfg, dtype=jax_dtype)
+    stack = native.native_encoder(cfg, dtype=jax_dtype, rngs=nnx.Rngs(0))
+    native.import_encoder(stack, weights)
+    return NativeModel(ours.embeddings, stack)
+
+
+def _loss(graphdef, params, rest, ids):
+    h = nnx.merge(graphdef, params, rest)(ids)  # (B, T, D)
+    return jnp.mean(jnp.square(h.astype(jnp.float32)))
+
+
+class JaxRunner:
+    """Runs cases on one JAX device (CPU, GPU or TPU)."""
+
+    framework = "jax"
+
+    def __init__(self, device: str) -> None:
+        self.device_kind = device
+        self.device = jax.devices(device)[0]
+
+    def unsupported(self, case: Case) -> str | None:
+        if case.implementation == "native" and _native_module() is None:
+            return "jax_impl.native is not available"
+        return None
+
+    @staticmethod
+    def sync(out: Any) -> None:
+        jax.block_until_ready(out)
+
+    @staticmethod
+    def release() -> None:
+        """Free what the last row left behind: compiled executables and their buffers."""
+        jax.clear_caches()
+        gc.collect()
+
+    # --- parity and peak ----------------------------------------------------------------
+
+    def forward_output(
+        self, variant: str, cfg: EncoderConfig, weights: dict, dtype: str, ids: np.ndarray
+    ) -> np.ndarray:
+        """Eval-mode hidden states (B, T, D) as float32 NumPy, for the parity check."""
+        with jax.default_device(self.device):
+            model = build_model(variant, cfg, weights, dtype=dtype)
+            model.eval()
+            graphdef, state = nnx.split(model)
+            h = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(ids))
+        return np.asarray(h.astype(jnp.float32))
+
+    def matmul_peak(self, dtype: str, *, repeats: int = 10) -> MeasuredPeak:
+        """Median time of an (n, n) @ (n, n) product under ``jax.jit``, at the run's precision."""
+        n = peak_matmul_size(self.device_kind)
+        keys = jax.random.split(jax.random.key(0))
+        with jax.default_device(self.device):
+            a, b = (jax.random.normal(k, (n, n), dtype=JAX_DTYPES[dtype]) for k in keys)
+            matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+            for _ in range(2):
+                self.sync(matmul(a, b))
+            times = time_calls(lambda: matmul(a, b), self.sync, repeats)
+        return MeasuredPeak("jax", self.device_kind, dtype, n, float(np.median(times)))
+
+    # --- workloads ------------------------------------------------------------------------
+
+    def workload(self, case: Case, cfg: EncoderConfig, weights: dict, ids: np.ndarray) -> Workload:
+        """``case`` ready to time: model built and split, compiled if asked."""
+        with jax.default_device(self.device):
+            model = build_model(case.variant, cfg, weights, dtype=case.dtype)
+            if case.phase == "forward":
+                model.eval()
+            else:
+                model.train()  # dropout is 0 in every preset: train mode changes no numbers
+            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+            fn, args, donate = self._pure_function(case.phase, graphdef, params, rest, ids)
+            # committed to the device: eager ops and compiled calls then run there
+            args = jax.device_put(args, self.device)
+
+        state = {"args": args}
+        compiled = None
+        work = Workload(step=lambda: None, sync=self.sync)
+        if case.mode == "compiled":
+            # cold: JAX's persistent cache is empty (a fresh directory for this run);
+            # warm: in-memory caches cleared, compiled again from the persistent cache.
+            compiled, work.compile_s_cold = self._compile(fn, args, donate)
+            jax.clear_caches()
+            compiled, work.compile_s_warm = self._compile(fn, args, donate)
+        call = compiled if compiled is not None else fn
+
+        def step() -> Any:
+            out = call(*state["args"])
+            if case.phase == "train_step":  # thread the new parameters and optimizer state
+                new_params, new_opt_state, _ = out
+                state["args"] = (new_params, new_opt_state, *state["args"][2:])
+            return out
+
+        work.step = step
+        work.memory_probe = lambda: self._memory(step, compiled)
+        work.kernel_probe = lambda: self._kernel(step, fn, state["args"], case)
+        return work
+
+    def _pure_function(self, phase: str, graphdef, params, rest, ids: np.ndarray):
+        """``(function, its arguments, argument numbers to donate when compiled)``."""
+        if phase == "forward":
+
+            def forward(params, rest, ids):
+                return nnx.merge(graphdef, params, rest)(ids)
+
+            return forward, (params, rest, ids), ()
+        if phase == "forward_backward":
+
+            def forward_backward(params, rest, ids):
+                return jax.grad(_loss, argnums=1)(graphdef, params, rest, ids)
+
+            return forward_backward, (params, rest, ids), ()
+        tx = optax.adamw(**OPTIMIZER)
+
+        def train_step(params, opt_state, rest, ids):
+            loss, grads = jax.value_and_grad(_loss, argnums=1)(graphdef, params, rest, ids)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        return train_step, (params, tx.init(params), rest, ids), (0, 1)
+
+    def warm_up_compiler(self) -> float:
+        """Compile a throwaway function once, so that XLA's one-time start-up is not charged
+        to the first row. Returns seconds."""
+        t0 = time.perf_counter()
+        with jax.default_device(self.device):
+            x = jnp.ones(8)
+            self.sync(jax.jit(lambda y: y * 2 + 1)(x))
+        jax.clear_caches()
+        return time.perf_counter() - t0
+
+    def _compile(self, fn: Callable, args: tuple, donate: tuple[int, ...]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+        return compiled, time.perf_counter() - t0
+
+    def _memory(self, step, compiled) -> tuple[int | None, str]:
+        """One call with its memory measured: ``(peak bytes or None, how)``."""
+        if self.device_kind == "cpu":
+            with PeakRss() as rss:
+                self.sync(step())
+            if rss.peak_bytes is None:
+                return None, "unavailable (no /proc/self/statm)"
+            return rss.peak_bytes, "rss_sampled"
+        self.sync(step())
+        if compiled is None:
+            return None, "unavailable (eager: XLA's peak counter cannot be reset)"
+        stats = compiled.memory_analysis()
+        if stats is None:
+            return None, "unavailable (no memory_analysis)"
+        # working memory of one call: scratch and new outputs (outputs that reuse donated
+        # inputs were already there), as planned by XLA's buffer assignment
+        planned = stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+        return int(planned), "xla_buffer_assignment"
+
+    def _kernel(self, step, fn: Callable, args: tuple, case: Case) -> str:
+        """One call; the attention kernel, read from the lowered program on GPUs."""
+        label = "xla"
+        if self.device_kind == "gpu":
+            text = jax.jit(fn).lower(*args).as_text()
+            if "cudnn$fmha" in text:  # the custom call of cuDNN's fused attention
+                label = "cudnn-fmha"
+        self.sync(step())
+        return label if case.mode == "compiled" else f"{label} (op by op)"

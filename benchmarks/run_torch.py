@@ -1,0 +1,299 @@
+"""The PyTorch side: build each variant from format-v1 weights, and turn a case into a
+:class:`~benchmarks.harness.Workload` (eager, or under ``torch.compile``).
+
+Phases (the loss is ``mean(h**2)`` over the float32 hidden states, a stand-in whose cost is
+negligible; there is no task head):
+
+* forward: eval mode under ``torch.no_grad()`` (so ``nn.TransformerEncoder`` may take its
+  inference fast path);
+* forward_backward: train mode, ``zero_grad(set_to_none=True)``, loss, ``backward()``;
+* train_step: the same, then ``torch.optim.AdamW.step()``. Compiled, the whole function
+  (forward, loss, backward, optimizer) goes to ``torch.compile``; Dynamo breaks the graph
+  at ``backward()`` and compiles the forward (with its AOT backward) and the optimizer step.
+
+Compiled modes use ``torch.compile(fn, dynamic=False)``: one static-shape compilation per
+shape, as a sequence sweep then compiles per shape (and the rows say so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import torch_impl
+from benchmarks.harness import PeakRss, Workload, time_calls, timed
+from benchmarks.peaks import MeasuredPeak, peak_matmul_size
+from benchmarks.suites import Case, variant_parts
+from shared.config import EncoderConfig
+
+__all__ = ["NativeModel", "TorchRunner", "build_model"]
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+OPTIMIZER = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+
+# aten operators that name the attention kernel that ran (seen by torch.profiler)
+_KERNELS = (
+    ("aten::_transformer_encoder_layer_fwd", "fastpath"),
+    ("aten::_native_multi_head_attention", "native-mha"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "sdpa-flash-cpu"),
+    ("aten::_scaled_dot_product_flash_attention", "sdpa-flash"),
+    ("aten::_scaled_dot_product_efficient_attention", "sdpa-mem-efficient"),
+    ("aten::_scaled_dot_product_cudnn_attention", "sdpa-cudnn"),
+    ("aten::_scaled_dot_product_fused_attention_overrideable", "sdpa-overrideable"),
+    ("aten::_scaled_dot_product_attention_math", "sdpa-math"),
+)
+
+
+def _native_module() -> Any | None:
+    """``torch_impl.native``, or None while it does not exist."""
+    try:
+        return importlib.import_module("torch_impl.native")
+    except ImportError:
+        return None
+
+
+class NativeModel(nn.Module):
+    """Our embeddings, then PyTorch's own ``nn.TransformerEncoder`` (from ``torch_impl.native``).
+
+    The embeddings are ours because PyTorch has no encoder with embeddings; they are the same
+    code in the "ours" rows, and cost a gather and an addition.
+    """
+
+    def __init__(self, embeddings: nn.Module, stack: nn.TransformerEncoder) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.stack = stack
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+
+
+def build_model(
+    variant: str,
+    cfg: EncoderConfig,
+    weights: dict[str, np.ndarray],
+    *,
+    dtype: str,
+    device: torch.device,
+) -> nn.Module:
+    """The model of ``variant`` ("ours-math", "ours-fused" or "native") holding ``weights``."""
+    implementation, backend = variant_parts(variant)
+    torch_dtype = TORCH_DTYPES[dtype]
+    if implementation == "ours":
+        model = torch_impl.from_weights(weights, cfg, backend=backend, dtype=torch_dtype)
+    else:
+        native = _native_module()
+        if native is None:
+            raise RuntimeError("torch_impl.native is not available")
+        ours = torch_impl.from_weights(weights, cfg, dtype=torch_dtype)
+        stack = native.native_encoder(cfg, dtype=torch_dtype)
+        native.import_encoder(stack, weights)
+        model = NativeModel(ours.embeddings, stack)
+    return model.to(device)
+
+
+class TorchRunner:
+    """Runs cases on one device with PyTorch (CPU, CUDA, or TPU through torch_xla)."""
+
+    framework = "torch"
+
+    def __init__(self, device: str, *, threads: int) -> None:
+        self.device_kind = device
+        self._xm = None
+        if device == "cpu":
+            self.device = torch.device("cpu")
+        elif device == "gpu":
+            self.device = torch.device("cuda")
+        elif device == "tpu":  # experimental: torch_xla, eager (lazy tensor) mode only
+            torch_xla = importlib.import_module("torch_xla")
+            self._xm = importlib.import_module("torch_xla.core.xla_model")
+            self.device = (
+                torch_xla.device() if hasattr(torch_xla, "device") else self._xm.xla_device()
+            )
+        else:
+            raise ValueError(f"unknown device {device!r}")
+        torch.set_num_threads(threads)
+
+    # --- what runs where ----------------------------------------------------------------
+
+    def unsupported(self, case: Case) -> str | None:
+        """Why this runner cannot run ``case``, or None if it can."""
+        if case.implementation == "native" and _native_module() is None:
+            return "torch_impl.native is not available"
+        if self._xm is not None and case.mode == "compiled":
+            return "torch on TPU (torch_xla) is benchmarked in its lazy-tensor mode only"
+        return None
+
+    def notes(self) -> list[str]:
+        return ["experimental: torch_xla"] if self._xm is not None else []
+
+    def sync(self, _out: Any = None) -> None:
+        """Wait until the device has finished everything queued."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self._xm is not None:
+            self._xm.mark_step()
+            self._xm.wait_device_ops()
+
+    def release(self) -> None:
+        """Free what the last row left behind: Dynamo's compiled code, cached device memory."""
+        torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- parity and peak ----------------------------------------------------------------
+
+    def forward_output(
+        self, variant: str, cfg: EncoderConfig, weights: dict, dtype: str, ids: np.ndarray
+    ) -> np.ndarray:
+        """Eval-mode hidden states (B, T, D) as float32 NumPy, for the parity check."""
+        model = build_model(variant, cfg, weights, dtype=dtype, device=self.device).eval()
+        with torch.no_grad():
+            h = model(torch.as_tensor(ids, device=self.device))
+        return h.detach().float().cpu().numpy()
+
+    def matmul_peak(self, dtype: str, *, repeats: int = 10) -> MeasuredPeak:
+        """Median time of an (n, n) @ (n, n) product in ``dtype``, under the run's settings."""
+        n = peak_matmul_size(self.device_kind)
+        gen = torch.Generator().manual_seed(0)
+        a, b = (
+            torch.randn(n, n, generator=gen).to(self.device, TORCH_DTYPES[dtype]) for _ in range(2)
+        )
+        for _ in range(2):
+            self.sync(a @ b)
+        times = time_calls(lambda: a @ b, self.sync, repeats)
+        return MeasuredPeak("torch", self.device_kind, dtype, n, float(np.median(times)))
+
+    # --- workloads ------------------------------------------------------------------------
+
+    def workload(self, case: Case, cfg: EncoderConfig, weights: dict, ids: np.ndarray) -> Workload:
+        """``case`` ready to time: model built, compiled if asked (compile times measured)."""
+        model = build_model(case.variant, cfg, weights, dtype=case.dtype, device=self.device)
+        input_ids = torch.as_tensor(ids, device=self.device)
+        fn = self._step_function(case.phase, model, input_ids)
+
+        work = Workload(step=fn, sync=self.sync, notes=self.notes())
+        if case.mode == "compiled":
+            # cold: empty caches (fresh directories for this run); warm: Dynamo's in-memory
+            # state reset, compiled again with Inductor's on-disk caches now filled.
+            # torch.compile compiles inside the first call: the harness subtracts one
+            # steady-state call from these times.
+            compiled, work.compile_s_cold = self._compile(fn)
+            torch._dynamo.reset()
+            compiled, work.compile_s_warm = self._compile(fn)
+            work.compile_includes_one_call = True
+            work.step = compiled
+        work.memory_probe = lambda: self._memory(work.step)
+        work.kernel_probe = lambda: self._kernel(work.step, case)
+        return work
+
+    def _step_function(self, phase: str, model: nn.Module, ids: torch.Tensor):
+        if phase == "forward":
+            model.eval()
+
+            def forward() -> torch.Tensor:
+                with torch.no_grad():
+                    return model(ids)
+
+            return forward
+
+        model.train()  # dropout is 0 in every preset: train mode changes no numbers
+        optimizer = None
+        if phase == "train_step":
+            optimizer = torch.optim.AdamW(model.parameters(), **OPTIMIZER)
+            _initialise_state(model, optimizer)
+
+        def step() -> torch.Tensor:
+            model.zero_grad(set_to_none=True)
+            loss = model(ids).float().square().mean()
+            loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+            return loss
+
+        return step
+
+    def warm_up_compiler(self) -> float:
+        """Compile a throwaway function once, so that Inductor's one-time start-up (imports,
+        compiler checks, worker pool) is not charged to the first row. Returns seconds."""
+        x = torch.ones(8, device=self.device)
+        _, seconds = timed(lambda: torch.compile(lambda y: y * 2 + 1)(x), self.sync)
+        torch._dynamo.reset()
+        return seconds
+
+    def _compile(self, fn) -> tuple[Any, float]:
+        compiled = torch.compile(fn, dynamic=False)
+        _, seconds = timed(compiled, self.sync)
+        return compiled, seconds
+
+    def _memory(self, step) -> tuple[int | None, str]:
+        """One call with its memory measured: ``(peak bytes or None, how)``."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self.sync(step())
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+            return peak, "torch.cuda.max_memory_allocated"
+        if self.device.type == "cpu":
+            with PeakRss() as rss:
+                self.sync(step())
+            if rss.peak_bytes is None:
+                return None, "unavailable (no /proc/self/statm)"
+            return rss.peak_bytes, "rss_sampled"
+        self.sync(step())
+        return None, "unavailable on torch_xla"
+
+    def _kernel(self, step, case: Case) -> str:
+        """One call under torch.profiler; the attention kernels it ran, by aten operator."""
+        if self._xm is not None:
+            self.sync(step())
+            return "torch_xla"
+        with (
+            _stderr_silenced(),  # the profiler prints start/stop lines on the C++ side
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof,
+        ):
+            self.sync(step())
+        names = {e.name for e in prof.events()}
+        found = [label for op, label in _KERNELS if op in names]
+        if found:
+            return "+".join(found)
+        if case.backend == "math":
+            return "inductor" if case.mode == "compiled" else "matmul+softmax"
+        return "unknown"
+
+
+def _initialise_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Create AdamW's state (moments, step) with one update from zero gradients.
+
+    AdamW creates its state lazily, in the first ``step()``; a compiled step would be traced
+    once without state and then again with it. Doing it here keeps compilation to one trace.
+    """
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a moment (C++ code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,315 @@
+"""Running a list of cases: peaks first, then for each torch/jax pair a parity check, then
+every row of the pair timed, with progress printed as it goes."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from benchmarks.harness import Measurement, Workload, measure
+from benchmarks.peaks import MeasuredPeak, datasheet_tflops
+from benchmarks.suites import Case
+from shared import reference
+from shared.config import EncoderConfig
+from shared.flops import phase_flops
+from shared.tolerances import max_abs_diff, tolerance
+
+__all__ = ["Parity", "RunResult", "RunSettings", "Runner", "make_input_ids", "run_cases"]
+
+
+class Runner(Protocol):
+    """What ``run_torch.TorchRunner`` and ``run_jax.JaxRunner`` provide."""
+
+    framework: str
+
+    def unsupported(self, case: Case) -> str | None: ...
+    def forward_output(
+        self, variant: str, cfg: EncoderConfig, weights: dict, dtype: str, ids: np.ndarray
+    ) -> np.ndarray: ...
+    def matmul_peak(self, dtype: str) -> MeasuredPeak: ...
+    def workload(
+        self, case: Case, cfg: EncoderConfig, weights: dict, ids: np.ndarray
+    ) -> Workload: ...
+    def release(self) -> None: ...
+    def warm_up_compiler(self) -> float: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    config_name: str
+    warmup: int
+    repeats: int
+    min_repeats: int
+    budget_s: float
+    seed: int
+    tf32: bool
+    threads: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Parity:
+    max_abs_diff: float | None
+    ok: bool | None
+    note: str = ""
+
+
+@dataclasses.dataclass
+class RunResult:
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    peaks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    compiler_warmup_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    interrupted: bool = False
+
+
+def make_input_ids(cfg: EncoderConfig, batch: int, seq_len: int, seed: int) -> np.ndarray:
+    """The (B, T) int32 token ids both frameworks get for this shape (no padding)."""
+    rng = np.random.default_rng([seed, batch, seq_len])
+    return rng.integers(0, cfg.vocab_size, (batch, seq_len), dtype=np.int32)
+
+
+def _case_dict(case: Case) -> dict[str, Any]:
+    return {
+        "framework": case.framework,
+        "variant": case.variant,
+        "mode": case.mode,
+        "phase": case.phase,
+        "dtype": case.dtype,
+        "batch": case.batch,
+        "seq_len": case.seq_len,
+    }
+
+
+def run_cases(
+    cases: Sequence[Case],
+    *,
+    cfg: EncoderConfig,
+    runners: dict[str, Runner],
+    settings: RunSettings,
+    device_names: dict[str, str],
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Measure every case; a failing case is recorded and the run goes on.
+
+    Ctrl-C stops the run; what was measured so far is returned (``interrupted`` set).
+    """
+    log = log or _stderr
+    result = RunResult()
+    runnable = []
+    for case in cases:
+        reason = "framework not available" if case.framework not in runners else None
+        reason = reason or runners[case.framework].unsupported(case)
+        if reason:
+            result.skipped.append({**_case_dict(case), "reason": reason})
+        else:
+            runnable.append(case)
+    for skip in _summarise_skips(result.skipped):
+        log(f"skipping {skip}")
+
+    weights = reference.init_weights(cfg, settings.seed)  # format v1, float32
+    started = time.perf_counter()
+    try:
+        peaks = _measure_peaks(runnable, runners, log)
+        result.peaks = [{**dataclasses.asdict(p), "tflops": p.tflops} for p in peaks.values()]
+        for framework in dict.fromkeys(c.framework for c in runnable if c.mode == "compiled"):
+            seconds = runners[framework].warm_up_compiler()
+            result.compiler_warmup_s[framework] = seconds
+            log(f"{framework} compiler start-up (a throwaway function): {seconds:.1f} s")
+        done = 0
+        for _, pair in itertools.groupby(runnable, key=lambda c: c.pair_key):
+            group = list(pair)
+            ids = make_input_ids(cfg, group[0].batch, group[0].seq_len, settings.seed)
+            parity = _parity(group, cfg, weights, ids, runners, log)
+            for case in group:
+                done += 1
+                elapsed = time.perf_counter() - started
+                log(f"[{done:>3}/{len(runnable)} {elapsed:6.0f}s] {case.label()} ...")
+                try:
+                    m = _measure_one(case, cfg, weights, ids, runners[case.framework], settings)
+                except Exception as e:  # one row failing (out of memory, say) ends only that row
+                    result.failures.append(
+                        {**_case_dict(case), "error": f"{type(e).__name__}: {e}"}
+                    )
+                    log(f"      failed: {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                finally:
+                    runners[case.framework].release()
+                row = make_row(case, m, cfg, settings, parity, peaks, device_names)
+                result.rows.append(row)
+                log("      " + _progress_line(row))
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log("interrupted: writing what was measured so far")
+    return result
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _summarise_skips(skipped: list[dict[str, Any]]) -> list[str]:
+    counts: dict[tuple[str, str], int] = {}
+    for s in skipped:
+        counts[(s["framework"], s["reason"])] = counts.get((s["framework"], s["reason"]), 0) + 1
+    return [f"{n} {fw} row(s): {reason}" for (fw, reason), n in counts.items()]
+
+
+def _measure_peaks(
+    cases: Sequence[Case], runners: dict[str, Runner], log: Callable[[str], None]
+) -> dict[tuple[str, str], MeasuredPeak]:
+    peaks = {}
+    for framework, dtype in dict.fromkeys((c.framework, c.dtype) for c in cases):
+        peak = runners[framework].matmul_peak(dtype)
+        runners[framework].release()
+        peaks[(framework, dtype)] = peak
+        log(
+            f"matmul peak {framework:5} {dtype:8} n={peak.n}: {peak.tflops * 1e3:8.1f} GFLOP/s "
+            f"({peak.median_s * 1e3:.1f} ms)"
+        )
+    return peaks
+
+
+def _parity(
+    group: list[Case],
+    cfg: EncoderConfig,
+    weights: dict,
+    ids: np.ndarray,
+    runners: dict[str, Runner],
+    log: Callable[[str], None],
+) -> Parity:
+    """Both frameworks' forward outputs for the group's variant, dtype and shape, compared."""
+    frameworks = {c.framework for c in group}
+    if frameworks != {"torch", "jax"}:
+        return Parity(None, None, "no torch/jax pair to compare")
+    case = group[0]
+    try:
+        out = {
+            fw: runners[fw].forward_output(case.variant, cfg, weights, case.dtype, ids)
+            for fw in ("torch", "jax")
+        }
+    except Exception as e:
+        log(f"      parity check failed: {type(e).__name__}: {str(e)[:300]}")
+        return Parity(None, None, f"parity check failed: {type(e).__name__}")
+    finally:
+        for fw in ("torch", "jax"):
+            runners[fw].release()
+    diff = max_abs_diff(out["jax"], out["torch"])
+    bound = tolerance(case.dtype, case.device).bound(out["torch"])
+    ok = bool(np.all(np.isfinite(out["jax"]))) and diff <= bound
+    log(
+        f"parity {case.variant} {case.dtype} B={case.batch} T={case.seq_len}: "
+        f"max |torch - jax| = {diff:.2e} ({'within' if ok else 'OUTSIDE'} the tolerance {bound:.1e})"
+    )
+    return Parity(diff, ok)
+
+
+def _measure_one(
+    case: Case,
+    cfg: EncoderConfig,
+    weights: dict,
+    ids: np.ndarray,
+    runner: Runner,
+    settings: RunSettings,
+) -> tuple[Measurement, list[str]]:
+    work = runner.workload(case, cfg, weights, ids)
+    m = measure(
+        work,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        min_repeats=settings.min_repeats,
+        budget_s=settings.budget_s,
+    )
+    notes = list(work.notes)
+    del work
+    gc.collect()
+    return m, notes
+
+
+def make_row(
+    case: Case,
+    measured: tuple[Measurement, list[str]],
+    cfg: EncoderConfig,
+    settings: RunSettings,
+    parity: Parity,
+    peaks: dict[tuple[str, str], MeasuredPeak],
+    device_names: dict[str, str],
+) -> dict[str, Any]:
+    """One row of the results (fields: ``benchmarks.schema.ROW_FIELDS``)."""
+    m, notes = measured
+    median_s = m.stats.median
+    flops = phase_flops(
+        case.phase,
+        case.batch,
+        case.seq_len,
+        d_model=cfg.d_model,
+        d_ff=cfg.d_ff,
+        n_layers=cfg.n_layers,
+    )
+    tflops = flops / median_s / 1e12
+    peak = peaks.get((case.framework, case.dtype))
+    device_name = device_names.get(case.framework)
+    datasheet = datasheet_tflops(device_name, case.dtype, tf32=settings.tf32)
+    if parity.note:
+        notes.append(parity.note)
+    if m.stats.iqr > 0.1 * median_s:
+        notes.append(f"noisy: IQR {100 * m.stats.iqr / median_s:.0f}% of the median")
+    if case.mode == "compiled" and case.framework == "torch":
+        notes.append("compiled per shape (dynamic=False)")
+    return {
+        "framework": case.framework,
+        "implementation": case.implementation,
+        "backend": case.backend,
+        "kernel": m.kernel,
+        "mode": case.mode,
+        "phase": case.phase,
+        "device": case.device,
+        "device_name": device_name,
+        "dtype": case.dtype,
+        "precision": "tf32" if settings.tf32 else "float32",
+        "batch": case.batch,
+        "seq_len": case.seq_len,
+        "config": settings.config_name,
+        "median_ms": median_s * 1e3,
+        "spread_ms": m.stats.iqr * 1e3,
+        "min_ms": m.stats.minimum * 1e3,
+        "repeats": m.stats.n,
+        "tokens_per_s": case.batch * case.seq_len / median_s,
+        "flops": flops,
+        "tflops": tflops,
+        "peak_tflops_measured": peak.tflops if peak else None,
+        "utilization": tflops / peak.tflops if peak else None,
+        "peak_tflops_datasheet": datasheet,
+        "utilization_datasheet": tflops / datasheet if datasheet else None,
+        "peak_memory_bytes": m.peak_memory_bytes,
+        "memory_method": m.memory_method,
+        "compile_s_cold": m.compile_s_cold,
+        "compile_s_warm": m.compile_s_warm,
+        "parity_max_abs_diff": parity.max_abs_diff,
+        "parity_ok": parity.ok,
+        "threads": settings.threads if case.framework == "torch" else None,
+        "notes": "; ".join(notes),
+    }
+
+
+def _progress_line(row: dict[str, Any]) -> str:
+    parts = [
+        f"{row['median_ms']:10.2f} ms ± {row['spread_ms']:.2f} (n={row['repeats']})",
+        f"{row['tflops'] * 1e3:7.1f} GFLOP/s",
+    ]
+    if row["utilization"] is not None:
+        parts.append(f"{100 * row['utilization']:5.1f}% of measured peak")
+    if row["compile_s_cold"] is not None:
+        parts.append(
+            f"compile {row['compile_s_cold']:.1f}s cold / {row['compile_s_warm']:.1f}s warm"
+        )
+    if row["kernel"]:
+        parts.append(f"kernel {row['kernel']}")
+    return ", ".join(parts)

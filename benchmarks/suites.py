@@ -1,0 +1,347 @@
+"""What to measure: model presets, the three suites, and their expansion into cases.
+
+A :class:`Case` is one row of the results: one framework running one variant of the model
+(ours with the math or the fused attention, or the framework's native modules) in one mode
+(eager or compiled) for one phase (forward, forward + backward, or a whole AdamW train
+step) at one shape and dtype. A :class:`Suite` is a few :class:`Sweep` blocks, each the
+cross product of its axes, so that expensive corners (an eager train step at long
+sequences on a CPU) can be left out without leaving out everything else.
+
+This module needs neither torch nor JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared.config import EncoderConfig
+from shared.flops import PHASES
+
+__all__ = [
+    "DEVICES",
+    "DTYPES",
+    "FRAMEWORKS",
+    "MODES",
+    "PRESETS",
+    "SUITES",
+    "VARIANTS",
+    "Case",
+    "Selection",
+    "Suite",
+    "Sweep",
+    "batch_for",
+    "expand",
+    "load_config",
+    "variant_parts",
+]
+
+FRAMEWORKS = ("torch", "jax")
+DEVICES = ("cpu", "gpu", "tpu")
+DTYPES = ("float32", "bfloat16")
+MODES = ("eager", "compiled")
+# ours-math / ours-fused: this project's encoder with the explicit or the fused attention;
+# native: our embeddings, then the framework's own encoder stack (nn.TransformerEncoder,
+# or the stack of nnx.MultiHeadAttention layers in jax_impl.native).
+VARIANTS = ("ours-math", "ours-fused", "native")
+
+
+def variant_parts(variant: str) -> tuple[str, str]:
+    """``"ours-fused"`` -> ``("ours", "fused")``; ``"native"`` -> ``("native", "native")``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} must be one of {VARIANTS}")
+    if variant == "native":
+        return "native", "native"
+    implementation, backend = variant.split("-")
+    return implementation, backend
+
+
+# --- model presets ---------------------------------------------------------------------------
+
+# Every preset has dropout 0: dropout draws random numbers differently in each framework and
+# would make the two runs different computations. max_len is raised to the longest sequence
+# of a run (see expand), so that positions never run out.
+_BERT = dict(
+    vocab_size=30522,  # BERT's WordPiece vocabulary
+    positional="learned",
+    type_vocab_size=2,
+    embed_norm=True,
+    layer_norm_eps=1e-12,
+    activation="gelu",
+    norm_first=False,
+    dropout=0.0,
+    max_len=512,
+)
+PRESETS: dict[str, EncoderConfig] = {
+    # the design's example model
+    "tiny": EncoderConfig(
+        vocab_size=1000, d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=128, dropout=0.0
+    ),
+    # big enough that matrix products dominate, small enough for a 2-core CPU in seconds
+    "small": EncoderConfig(
+        vocab_size=8192, d_model=256, n_heads=4, d_ff=1024, n_layers=4, max_len=512, dropout=0.0
+    ),
+    # BERT-base's layer shapes and embeddings, with 6 layers instead of 12
+    "bert-base": EncoderConfig(d_model=768, n_heads=12, d_ff=3072, n_layers=6, **_BERT),
+    # BERT-large's shapes, all 24 layers
+    "bert-large": EncoderConfig(d_model=1024, n_heads=16, d_ff=4096, n_layers=24, **_BERT),
+}
+
+
+def load_config(spec: str) -> tuple[str, EncoderConfig]:
+    """A preset name, or the path of a JSON file of ``EncoderConfig`` fields -> (name, config).
+
+    A file's config is used as written (only ``max_len`` may be raised later); its name in
+    the results is the file's stem.
+    """
+    if spec in PRESETS:
+        return spec, PRESETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(
+            f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file"
+        )
+    return path.stem, EncoderConfig.from_json(path.read_text())
+
+
+# --- suites ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One block of a suite: every combination of its phases, variants and modes, at every
+    shape of the suite (or at ``batches`` at the suite's first sequence length)."""
+
+    phases: tuple[str, ...]
+    variants: tuple[str, ...]
+    modes: tuple[str, ...]
+    max_seq_len: int | None = None  # leave out longer sequences (on CPUs only)
+    batches: tuple[int, ...] | None = None  # a batch sweep instead of the sequence sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A named set of sweeps over one model config.
+
+    Shapes: each sequence length ``T`` of ``seq_lens`` runs at batch
+    ``clamp(tokens_per_batch // T, 1, max_batch)``, so that long sequences shrink the batch
+    instead of the run taking hours. Accelerators get their own, larger, numbers.
+    """
+
+    name: str
+    description: str
+    config: str
+    dtypes: tuple[str, ...]
+    sweeps: tuple[Sweep, ...]
+    seq_lens: dict[str, tuple[int, ...]]  # "cpu" and "accelerator"
+    tokens_per_batch: dict[str, int]
+    max_batch: dict[str, int]
+    repeats: int  # timed calls per row (fewer when one call is slow, see budget_s)
+    warmup: int  # untimed calls before the timed ones (after compilation)
+    budget_s: float  # aim for at most this many seconds of timed calls per row
+
+
+def batch_for(seq_len: int, *, tokens_per_batch: int, max_batch: int) -> int:
+    """The batch size at ``seq_len``: about ``tokens_per_batch`` tokens, at least 1."""
+    return max(1, min(max_batch, tokens_per_batch // seq_len))
+
+
+_ALL_VARIANTS = ("ours-math", "ours-fused", "native")
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite(
+        name="quick",
+        description="small config, two shapes, forward and train step, ours and native",
+        config="small",
+        dtypes=("float32",),
+        sweeps=(
+            Sweep(phases=("forward",), variants=_ALL_VARIANTS, modes=MODES),
+            Sweep(phases=("train_step",), variants=("ours-fused",), modes=MODES),
+        ),
+        seq_lens={"cpu": (64, 256), "accelerator": (128, 512)},
+        tokens_per_batch={"cpu": 512, "accelerator": 8192},
+        max_batch={"cpu": 8, "accelerator": 32},
+        repeats=5,
+        warmup=1,
+        budget_s=2.0,
+    ),
+    "standard": Suite(
+        name="standard",
+        description=(
+            "BERT-base-like config, sequence-length sweep: math vs fused attention, "
+            "eager vs compiled, ours vs native, forward and train step"
+        ),
+        config="bert-base",
+        dtypes=("float32",),
+        sweeps=(
+            Sweep(phases=("forward",), variants=_ALL_VARIANTS, modes=MODES),
+            Sweep(
+                phases=("train_step",), variants=("ours-math", "ours-fused"), modes=("compiled",)
+            ),
+            # an eager train step costs seconds on a CPU: two shapes are enough to compare
+            Sweep(
+                phases=("train_step",), variants=("ours-fused",), modes=("eager",), max_seq_len=512
+            ),
+        ),
+        seq_lens={
+            "cpu": (128, 256, 512, 1024, 2048),
+            "accelerator": (128, 256, 512, 1024, 2048, 4096, 8192),
+        },
+        tokens_per_batch={"cpu": 1024, "accelerator": 8192},
+        max_batch={"cpu": 8, "accelerator": 32},
+        repeats=5,
+        warmup=1,
+        budget_s=10.0,
+    ),
+    "full": Suite(
+        name="full",
+        description="the standard suite in float32 and bfloat16, all three phases, plus batch sweeps",
+        config="bert-base",
+        dtypes=("float32", "bfloat16"),
+        sweeps=(
+            Sweep(phases=PHASES, variants=_ALL_VARIANTS, modes=MODES),
+            Sweep(
+                phases=("forward", "train_step"),
+                variants=("ours-fused", "native"),
+                modes=MODES,
+                batches=(1, 2, 4, 8, 16, 32, 64),
+            ),
+        ),
+        seq_lens={
+            "cpu": (128, 256, 512, 1024, 2048),
+            "accelerator": (128, 256, 512, 1024, 2048, 4096, 8192),
+        },
+        tokens_per_batch={"cpu": 1024, "accelerator": 8192},
+        max_batch={"cpu": 8, "accelerator": 32},
+        repeats=7,
+        warmup=2,
+        budget_s=10.0,
+    ),
+}
+
+
+# --- expansion into cases --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row to measure."""
+
+    framework: str
+    variant: str
+    mode: str
+    phase: str
+    device: str
+    dtype: str
+    batch: int
+    seq_len: int
+
+    @property
+    def implementation(self) -> str:
+        return variant_parts(self.variant)[0]
+
+    @property
+    def backend(self) -> str:
+        return variant_parts(self.variant)[1]
+
+    @property
+    def pair_key(self) -> tuple[str, str, int, int]:
+        """Rows with the same key (one per framework) share one parity check."""
+        return (self.variant, self.dtype, self.batch, self.seq_len)
+
+    def label(self) -> str:
+        return (
+            f"{self.framework:5} {self.variant:10} {self.mode:8} {self.phase:16} "
+            f"{self.dtype:8} B={self.batch:<3} T={self.seq_len}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What the command line chose; ``None`` fields take the suite's values.
+
+    Giving any of ``variants``, ``modes`` or ``phases`` replaces the suite's sweeps by one
+    sweep, the cross product of the given values and the suite's values for the others.
+    """
+
+    frameworks: tuple[str, ...]
+    device: str
+    dtypes: tuple[str, ...] | None = None
+    variants: tuple[str, ...] | None = None
+    modes: tuple[str, ...] | None = None
+    phases: tuple[str, ...] | None = None
+    batch: int | None = None
+    seq_lens: tuple[int, ...] | None = None
+
+
+def _union(values: Sequence[Sequence[str]], order: Sequence[str]) -> tuple[str, ...]:
+    present = {v for vs in values for v in vs}
+    return tuple(v for v in order if v in present)
+
+
+def _sweeps(suite: Suite, sel: Selection) -> tuple[Sweep, ...]:
+    if sel.variants is None and sel.modes is None and sel.phases is None:
+        return suite.sweeps
+    return (
+        Sweep(
+            phases=sel.phases or _union([s.phases for s in suite.sweeps], PHASES),
+            variants=sel.variants or _union([s.variants for s in suite.sweeps], VARIANTS),
+            modes=sel.modes or _union([s.modes for s in suite.sweeps], MODES),
+        ),
+    )
+
+
+def expand(suite: Suite, sel: Selection) -> list[Case]:
+    """Every case of ``suite`` under the command line's ``sel``, without duplicates.
+
+    Ordered so that the rows of one parity pair (same variant, dtype and shape) are
+    adjacent, torch before jax.
+    """
+    kind = "cpu" if sel.device == "cpu" else "accelerator"
+    seq_lens = sel.seq_lens or suite.seq_lens[kind]
+    dtypes = sel.dtypes or suite.dtypes
+
+    def batch(seq_len: int) -> int:
+        if sel.batch is not None:
+            return sel.batch
+        return batch_for(
+            seq_len, tokens_per_batch=suite.tokens_per_batch[kind], max_batch=suite.max_batch[kind]
+        )
+
+    cases: dict[Case, None] = {}  # an ordered set
+    for dtype in dtypes:
+        for sweep in _sweeps(suite, sel):
+            if sweep.batches is not None and sel.batch is None:
+                shapes = [(b, seq_lens[0]) for b in sweep.batches]
+            else:
+                limit = sweep.max_seq_len if kind == "cpu" else None
+                shapes = [(batch(t), t) for t in seq_lens if limit is None or t <= limit]
+            for b, t in shapes:
+                for variant in sweep.variants:
+                    for phase in sweep.phases:
+                        for mode in sweep.modes:
+                            for framework in sel.frameworks:
+                                case = Case(
+                                    framework, variant, mode, phase, sel.device, dtype, b, t
+                                )
+                                cases[case] = None
+    return sorted(cases, key=_execution_order)
+
+
+def _execution_order(case: Case) -> tuple:
+    return (
+        DTYPES.index(case.dtype) if case.dtype in DTYPES else len(DTYPES),
+        case.seq_len,
+        case.batch,
+        VARIANTS.index(case.variant),
+        FRAMEWORKS.index(case.framework),
+        PHASES.index(case.phase),
+        MODES.index(case.mode),
+    )
+
+
+def max_len_for(cfg: EncoderConfig, cases: Sequence[Case]) -> EncoderConfig:
+    """``cfg`` with ``max_len`` raised to the longest sequence among ``cases``."""
+    longest = max((c.seq_len for c in cases), default=cfg.max_len)
+    return cfg if longest <= cfg.max_len else cfg.replace(max_len=longest)
