@@ -10,7 +10,7 @@ TORCH_SPEC    ?= torch==$(TORCH_VERSION)+cpu
 TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 STAMP  := $(VENV)/.installed
 
-.PHONY: test bench lint format clean
+.PHONY: test bench bench-standard lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The committed CPU results: benchmarks/results/cpu-standard (about 20 minutes on 2 cores).
+bench-standard: $(STAMP)
+	$(PY) -m benchmarks --suite standard --device cpu --out benchmarks/results/cpu-standard
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
