@@ -2,7 +2,10 @@
 
 ``config`` (EncoderConfig), ``masks`` (the one mask convention), ``positional`` (sinusoidal
 table), ``weights`` (checkpoint format v1), ``reference`` (float64 oracle), ``inputs`` (call
-argument validation), ``tolerances`` (the one tolerance table).
+argument validation), ``tolerances`` (the one tolerance table), ``hf`` (Hugging Face BERT
+folders to format v1), ``flops`` (analytic FLOP counts), ``data`` (synthetic tasks, identical
+batches for both frameworks), ``training`` (the training rules both frameworks share),
+``divergence`` (layer-by-layer comparison of two runs).
 """
 
 from shared.config import EncoderConfig

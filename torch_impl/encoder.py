@@ -100,7 +100,11 @@ class FeedForward(nn.Module):
         self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(activation(self.activation, self.in_proj(x)))  # (B, T, D)
+        b, t, d = x.shape
+        # Position-wise: every token is one row. As 2-D matmuls, XLA:CPU's backward pass runs
+        # about twice as fast as on (B, T, D) (benchmarks/results/README.md has the figures).
+        h = activation(self.activation, self.in_proj(x.reshape(b * t, d)))  # (B*T, F)
+        return self.out_proj(h).reshape(b, t, d)  # (B, T, D)
 
 
 class EncoderLayer(nn.Module):
