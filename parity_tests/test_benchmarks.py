@@ -425,3 +425,41 @@ def test_cli_smoke_run_compiled_reports_cold_and_warm_compile_times(tmp_path):
     for row in doc["rows"]:
         assert row["compile_s_cold"] is not None and row["compile_s_warm"] is not None
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_targets_reads_ratios_and_utilisation_from_results_rows():
+    from benchmarks.targets import targets
+
+    shape = {"batch": 8, "seq_len": 128, "dtype": "float32"}
+    rows = [
+        {
+            "framework": "torch",
+            "implementation": "native",
+            "mode": "eager",
+            "phase": "forward",
+            "median_ms": 100.0,
+            **shape,
+        },
+        {
+            "framework": "torch",
+            "implementation": "ours",
+            "backend": "fused",
+            "mode": "eager",
+            "phase": "forward",
+            "median_ms": 125.0,
+            **shape,
+        },
+        {
+            "framework": "jax",
+            "implementation": "ours",
+            "backend": "math",
+            "mode": "compiled",
+            "phase": "train_step",
+            "utilization": 0.7,
+            **shape,
+        },
+    ]
+    got = {what.split(" / ")[0]: (measured, target) for what, measured, target in targets(rows)}
+    assert got["torch ours-fused eager"] == (0.8, 0.95)  # 100 ms / 125 ms of throughput
+    assert got["jax ours-math compiled train step"] == (0.7, 0.65)
+    assert got["jax ours-math jit"] == (None, 1.0)  # no native JAX row: reported missing
