@@ -37,7 +37,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _layer_norm(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
     return nnx.LayerNorm(
         cfg.d_model,
@@ -78,7 +78,7 @@ class Embeddings(nnx.Module):
         self.token_type = (
             _embedding(cfg.type_vocab_size, cfg, dtype, rngs) if cfg.type_vocab_size else None
         )
-        self.norm = _layer_norm(cfg, dtype, rngs) if cfg.embed_norm else None
+        self.norm = layer_norm(cfg, dtype, rngs) if cfg.embed_norm else None
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def positions(self, t: int) -> jax.Array:
@@ -134,9 +134,9 @@ class EncoderLayer(nnx.Module):
         self.attention = MultiHeadAttention(
             cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
         )
-        self.norm1 = _layer_norm(cfg, dtype, rngs)
+        self.norm1 = layer_norm(cfg, dtype, rngs)
         self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
-        self.norm2 = _layer_norm(cfg, dtype, rngs)
+        self.norm2 = layer_norm(cfg, dtype, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(
@@ -171,7 +171,7 @@ class Encoder(nnx.Module):
                 for _ in range(cfg.n_layers)
             ]
         )
-        self.final_norm = _layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
+        self.final_norm = layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
 
     def __call__(
         self,

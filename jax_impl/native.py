@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_impl.encoder import layer_norm
 from shared.config import EncoderConfig
 from shared.weights import CheckpointError
 
@@ -141,17 +142,6 @@ def native_attention(
     )
 
 
-def _layer_norm(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
-    return nnx.LayerNorm(
-        cfg.d_model,
-        epsilon=cfg.layer_norm_eps,
-        use_fast_variance=False,
-        param_dtype=dtype or jnp.float32,
-        rngs=rngs,
-    )
-
-
 class NativeEncoderLayer(nnx.Module):
     """PyTorch's ``nn.TransformerEncoderLayer``, assembled from Flax's own modules.
 
@@ -173,8 +163,8 @@ class NativeEncoderLayer(nnx.Module):
         self.linear2 = nnx.Linear(
             cfg.d_ff, cfg.d_model, param_dtype=dtype or jnp.float32, rngs=rngs
         )
-        self.norm1 = _layer_norm(cfg, dtype, rngs)
-        self.norm2 = _layer_norm(cfg, dtype, rngs)
+        self.norm1 = layer_norm(cfg, dtype, rngs)
+        self.norm2 = layer_norm(cfg, dtype, rngs)
         self.dropout1 = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.dropout2 = nnx.Dropout(cfg.dropout, rngs=rngs)
 
@@ -202,7 +192,7 @@ class NativeEncoder(nnx.Module):
         self.layers = nnx.List(
             [NativeEncoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layers)]
         )
-        self.norm = _layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
+        self.norm = layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x (B, T, D), mask (B|1, 1|H, T, T) True = may attend -> (B, T, D)."""

@@ -31,6 +31,12 @@ B, T = 3, 7
 MASK_KINDS = ("none", "padding", "causal", "padding_causal", "custom", "one_all_padding")
 
 
+def small_config(**changes) -> EncoderConfig:
+    """The small model most tests here use (dropout off), with ``changes``."""
+    base = dict(vocab_size=50, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0)
+    return EncoderConfig(**(base | changes))
+
+
 def mask_case(kind: str, cfg: EncoderConfig, seed: int):
     """``(input_ids, token_type_ids, general mask (B|1, H|1, T, T) or None)`` for a mask kind."""
     pad = {"padding": "some", "padding_causal": "some", "one_all_padding": "all_one"}.get(
@@ -118,16 +124,7 @@ def test_both_frameworks_match_the_oracle_and_each_other(cfg, kind, dtype, devic
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
 def test_fused_backend_equals_math_backend(kind, norm_first, device, torch_device):
     """Same weights, same masks: the fused kernels give the math path's outputs and gradients."""
-    cfg = EncoderConfig(
-        vocab_size=50,
-        d_model=16,
-        n_heads=2,
-        d_ff=24,
-        n_layers=2,
-        dropout=0.0,
-        norm_first=norm_first,
-        final_norm=norm_first,
-    )
+    cfg = small_config(norm_first=norm_first, final_norm=norm_first)
     weights = random_weights(cfg, 3)
     ids, types, mask4d = mask_case(kind, cfg, 3)
     probe = np.random.default_rng(5).standard_normal((B, T, cfg.d_model))
@@ -152,7 +149,7 @@ def test_fused_backend_equals_math_backend(kind, norm_first, device, torch_devic
 
 def test_full_call_builds_the_same_mask_as_the_grid_path(device, torch_device):
     """model(ids, attention_mask, is_causal=True) equals the oracle with the same mask."""
-    cfg = EncoderConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0)
+    cfg = small_config()
     weights = random_weights(cfg, 11)
     ids, attention_mask, _ = make_inputs(cfg, B, T, seed=11, pad="all_one")
     expected = reference.forward(weights, cfg, ids, attention_mask, is_causal=True)
@@ -197,7 +194,7 @@ def test_jax_fused_kernel_computes_softmax_in_float32_even_for_float64(device, t
     """``jax.nn.dot_product_attention`` casts logits to float32 (jax/_src/nn/functions.py:
     "Softmax is always computed in float32"): in float64 the fused backend is only
     float32-accurate, while PyTorch's fused kernel and both math paths keep float64."""
-    cfg = EncoderConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0)
+    cfg = small_config()
     weights = random_weights(cfg, 9)
     ids, types, mask4d = mask_case("padding", cfg, 9)
     expected = reference.forward(weights, cfg, ids, None, types, attn_mask=mask4d).last_hidden_state
@@ -290,7 +287,7 @@ def test_fused_backend_calls_the_framework_kernel_and_math_does_not(monkeypatch)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy_torch)
     monkeypatch.setattr(jax.nn, "dot_product_attention", spy_jax)
-    cfg = EncoderConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=24, n_layers=3, dropout=0.0)
+    cfg = small_config(n_layers=3)
     weights = random_weights(cfg, 1)
     ids, mask, _ = make_inputs(cfg, B, T, seed=1, pad="some")
     for backend, expected_calls in (("math", 0), ("fused", cfg.n_layers)):

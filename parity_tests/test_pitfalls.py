@@ -22,7 +22,7 @@ def _layer_norms():
         lambda x: torch.nn.functional.layer_norm(torch.tensor(x), (64,), eps=1e-5).numpy(),
         lambda x: np.asarray(nnx.LayerNorm(64, rngs=nnx.Rngs(0))(jnp.asarray(x))),
         lambda x: np.asarray(
-            jax_impl.encoder._layer_norm(EncoderConfig(d_model=64), None, nnx.Rngs(0))(
+            jax_impl.encoder.layer_norm(EncoderConfig(d_model=64), None, nnx.Rngs(0))(
                 jnp.asarray(x)
             )
         ),

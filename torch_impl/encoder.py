@@ -33,7 +33,7 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _layer_norm(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.LayerNorm:
+def layer_norm(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.LayerNorm:
     return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
 
 
@@ -64,7 +64,7 @@ class Embeddings(nn.Module):
         self.token_type = (
             _embedding(cfg.type_vocab_size, cfg, dtype) if cfg.type_vocab_size else None
         )
-        self.norm = _layer_norm(cfg, dtype) if cfg.embed_norm else None
+        self.norm = layer_norm(cfg, dtype) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def positions(self, t: int) -> torch.Tensor:
@@ -122,9 +122,9 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.norm_first = cfg.norm_first
         self.attention = MultiHeadAttention(cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype)
-        self.norm1 = _layer_norm(cfg, dtype)
+        self.norm1 = layer_norm(cfg, dtype)
         self.ffn = FeedForward(cfg, dtype=dtype)
-        self.norm2 = _layer_norm(cfg, dtype)
+        self.norm2 = layer_norm(cfg, dtype)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -157,7 +157,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(
             [EncoderLayer(cfg, backend=backend, dtype=dtype) for _ in range(cfg.n_layers)]
         )
-        self.final_norm = _layer_norm(cfg, dtype) if cfg.final_norm else None
+        self.final_norm = layer_norm(cfg, dtype) if cfg.final_norm else None
 
     def forward(
         self,
