@@ -148,6 +148,13 @@ def batch_for(seq_len: int, *, tokens_per_batch: int, max_batch: int) -> int:
 
 
 _ALL_VARIANTS = ("ours-math", "ours-fused", "native")
+# The sequence-length sweep of the standard and full suites, and their batch rule.
+_SWEEP_SEQ_LENS = {
+    "cpu": (128, 256, 512, 1024, 2048),
+    "accelerator": (128, 256, 512, 1024, 2048, 4096, 8192),
+}
+_SWEEP_TOKENS_PER_BATCH = {"cpu": 1024, "accelerator": 8192}
+_MAX_BATCH = {"cpu": 8, "accelerator": 32}
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(
@@ -161,7 +168,7 @@ SUITES: dict[str, Suite] = {
         ),
         seq_lens={"cpu": (64, 256), "accelerator": (128, 512)},
         tokens_per_batch={"cpu": 512, "accelerator": 8192},
-        max_batch={"cpu": 8, "accelerator": 32},
+        max_batch=_MAX_BATCH,
         repeats=5,
         warmup=1,
         budget_s=2.0,
@@ -184,12 +191,9 @@ SUITES: dict[str, Suite] = {
                 phases=("train_step",), variants=("ours-fused",), modes=("eager",), max_seq_len=512
             ),
         ),
-        seq_lens={
-            "cpu": (128, 256, 512, 1024, 2048),
-            "accelerator": (128, 256, 512, 1024, 2048, 4096, 8192),
-        },
-        tokens_per_batch={"cpu": 1024, "accelerator": 8192},
-        max_batch={"cpu": 8, "accelerator": 32},
+        seq_lens=_SWEEP_SEQ_LENS,
+        tokens_per_batch=_SWEEP_TOKENS_PER_BATCH,
+        max_batch=_MAX_BATCH,
         repeats=5,
         warmup=1,
         budget_s=10.0,
@@ -208,12 +212,9 @@ SUITES: dict[str, Suite] = {
                 batches=(1, 2, 4, 8, 16, 32, 64),
             ),
         ),
-        seq_lens={
-            "cpu": (128, 256, 512, 1024, 2048),
-            "accelerator": (128, 256, 512, 1024, 2048, 4096, 8192),
-        },
-        tokens_per_batch={"cpu": 1024, "accelerator": 8192},
-        max_batch={"cpu": 8, "accelerator": 32},
+        seq_lens=_SWEEP_SEQ_LENS,
+        tokens_per_batch=_SWEEP_TOKENS_PER_BATCH,
+        max_batch=_MAX_BATCH,
         repeats=7,
         warmup=2,
         budget_s=10.0,
