@@ -48,8 +48,8 @@ def flash_attention(
     *,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
-    block_q: int = BLOCK_Q,
-    block_k: int = BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
 ) -> jax.Array:
     """softmax(Q K^T / sqrt(hd)) V by blocks; q (B, H, T, hd), k, v (B, H, S, hd) -> (B, H, T, hd).
 
@@ -57,8 +57,10 @@ def flash_attention(
         mask: optional boolean (B|1, H|1, T|1, S), True = may attend.
         key_padding_mask: optional boolean (B, S), True = real key.
         is_causal: query t attends to keys s <= t only.
-        block_q, block_k: Br and Bc; any T and S work (the last block is padded).
+        block_q, block_k: Br and Bc (default :data:`BLOCK_Q`, :data:`BLOCK_K`, read at call time); any T and S work (the last block is padded).
     """
+    block_q = BLOCK_Q if block_q is None else block_q
+    block_k = BLOCK_K if block_k is None else block_k
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
     return _flash_attention(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k)
