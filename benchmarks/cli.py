@@ -25,6 +25,7 @@ from benchmarks.suites import (
     MODES,
     PRESETS,
     SUITES,
+    VARIANTS,
     Selection,
     expand,
     load_config,
@@ -96,6 +97,7 @@ config presets (--config): {presets}
 Every torch/jax pair (same variant, dtype and shape) is first run on the same weights and
 inputs, and each row records the max abs difference of the two outputs. Rows: variant
 ours-math (attention written out), ours-fused (torch SDPA / jax.nn.dot_product_attention),
+ours-flash (FlashAttention-2 written out: torch_impl/flash.py, jax_impl/flash.py),
 native (our embeddings + nn.TransformerEncoder, or + a stack of nnx.MultiHeadAttention);
 mode eager or compiled (torch.compile per shape / jax.jit of the pure function from
 nnx.split); phase forward, forward_backward, train_step (AdamW).
@@ -167,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--variants",
-        type=_list_of(("ours-math", "ours-fused", "native")),
+        type=_list_of(VARIANTS),
         metavar="LIST",
-        help="from ours-math,ours-fused,native. Giving --variants, --modes or --phases "
+        help=f"from {','.join(VARIANTS)}. Giving --variants, --modes or --phases "
         "replaces the suite's sweeps by their cross product (the suite's values filling in "
         "the ones not given)",
     )

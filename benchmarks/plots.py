@@ -20,17 +20,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.backends import BACKENDS
+
 __all__ = ["plot_all"]
 
 Row = dict[str, Any]
 
+# One hue per framework (blues for torch, oranges for jax), light to dark: each backend of
+# shared/backends.py in its order, then native, darkest.
+_PALETTES = {
+    "torch": ("#9ecae1", "#3182bd", "#2171b5", "#6baed6", "#4292c6"),
+    "jax": ("#fdae6b", "#e6550d", "#d94801", "#fd8d3c", "#f16913"),
+}
+_NATIVE_COLOURS = {"torch": "#08306b", "jax": "#7f2704"}
+if len(BACKENDS) > min(len(p) for p in _PALETTES.values()):
+    raise ValueError(f"plots: {len(BACKENDS)} backends, but palettes of {len(_PALETTES['jax'])}")
 _COLOURS = {
-    ("torch", "ours", "math"): "#9ecae1",
-    ("torch", "ours", "fused"): "#3182bd",
-    ("torch", "native", "native"): "#08306b",
-    ("jax", "ours", "math"): "#fdae6b",
-    ("jax", "ours", "fused"): "#e6550d",
-    ("jax", "native", "native"): "#7f2704",
+    **{
+        (fw, "ours", b): palette[i]
+        for fw, palette in _PALETTES.items()
+        for i, b in enumerate(BACKENDS)
+    },
+    **{(fw, "native", "native"): colour for fw, colour in _NATIVE_COLOURS.items()},
 }
 _STYLES = {"compiled": "-", "eager": "--"}
 _MARKERS = {"torch": "o", "jax": "s"}

@@ -29,6 +29,7 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("tokens/s", "tokens_per_s", "{:,.0f}"),
     ("TFLOP/s", "tflops", "{:.3g}"),
     ("util %", "utilization", "percent"),
+    ("best %", "utilization_best_gemm", "percent"),
     ("sheet %", "utilization_datasheet", "percent"),
     ("mem MiB", "peak_memory_bytes", "mib"),
     ("compile s", "compile_s_cold", "compile"),
@@ -82,7 +83,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 LEGEND = """\
 median ms: median wall time of one call; IQR ms: interquartile range of the timed calls.
 TFLOP/s: analytic model FLOPs (shared/flops.py) / median time. util %: of the matmul peak
-measured in this run for the same framework, device and dtype; sheet %: of the datasheet
+measured in this run for the same framework, device and dtype; best %: of the best matmul
+peak of any framework in this run (a framework's BLAS, not the model, may be the limit); sheet %: of the datasheet
 peak (known GPUs/TPUs only). mem MiB: peak working memory of one call (memory_method in
 results.json says how). compile s: cold/warm compile time (compiled rows). parity: max
 |torch - jax| of the pair's forward outputs; "!" marks one outside shared/tolerances.py."""

@@ -255,6 +255,7 @@ def make_row(
     )
     tflops = flops / median_s / 1e12
     peak = peaks.get((case.framework, case.dtype))
+    best_gemm = max((p.tflops for (_, dt), p in peaks.items() if dt == case.dtype), default=None)
     device_name = device_names.get(case.framework)
     datasheet = datasheet_tflops(device_name, case.dtype, tf32=settings.tf32)
     if parity.note:
@@ -286,6 +287,7 @@ def make_row(
         "tflops": tflops,
         "peak_tflops_measured": peak.tflops if peak else None,
         "utilization": tflops / peak.tflops if peak else None,
+        "utilization_best_gemm": tflops / best_gemm if best_gemm else None,
         "peak_tflops_datasheet": datasheet,
         "utilization_datasheet": tflops / datasheet if datasheet else None,
         "peak_memory_bytes": m.peak_memory_bytes,

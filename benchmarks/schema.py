@@ -31,7 +31,7 @@ ROW_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     ),
     "backend": (
         (str,),
-        "math (explicit attention), fused (the framework's fused function) or native",
+        "an attention backend of shared/backends.py (math, fused, flash), or native",
     ),
     "kernel": (_OPT_STR, "the attention kernel that actually ran, where the framework says"),
     "mode": ((str,), "eager, or compiled (torch.compile / jax.jit)"),
@@ -55,6 +55,10 @@ ROW_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
         "large-matmul rate measured in this run (same framework, device, dtype)",
     ),
     "utilization": (_OPT_FLOAT, "tflops / peak_tflops_measured"),
+    "utilization_best_gemm": (
+        _OPT_FLOAT,
+        "tflops / the best matmul peak of any framework in this run (same device, dtype)",
+    ),
     "peak_tflops_datasheet": (
         _OPT_FLOAT,
         "vendor's dense peak for this device and dtype, if known",

@@ -1,9 +1,9 @@
 """What to measure: model presets, the three suites, and their expansion into cases.
 
 A :class:`Case` is one row of the results: one framework running one variant of the model
-(ours with the math or the fused attention, or the framework's native modules) in one mode
-(eager or compiled) for one phase (forward, forward + backward, or a whole AdamW train
-step) at one shape and dtype. A :class:`Suite` is a few :class:`Sweep` blocks, each the
+(ours with one attention backend of ``shared/backends.py``, or the framework's native
+modules) in one mode (eager or compiled) for one phase (forward, forward + backward, or a
+whole AdamW train step) at one shape and dtype. A :class:`Suite` is a few :class:`Sweep` blocks, each the
 cross product of its axes, so that expensive corners (an eager train step at long
 sequences on a CPU) can be left out without leaving out everything else.
 
@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from shared.backends import BACKENDS
 from shared.config import EncoderConfig
 from shared.flops import PHASES
 
@@ -24,6 +25,7 @@ __all__ = [
     "DTYPES",
     "FRAMEWORKS",
     "MODES",
+    "OURS_VARIANTS",
     "PRESETS",
     "SUITES",
     "VARIANTS",
@@ -41,10 +43,11 @@ FRAMEWORKS = ("torch", "jax")
 DEVICES = ("cpu", "gpu", "tpu")
 DTYPES = ("float32", "bfloat16")
 MODES = ("eager", "compiled")
-# ours-math / ours-fused: this project's encoder with the explicit or the fused attention;
-# native: our embeddings, then the framework's own encoder stack (nn.TransformerEncoder,
-# or the stack of nnx.MultiHeadAttention layers in jax_impl.native).
-VARIANTS = ("ours-math", "ours-fused", "native")
+# ours-<backend>: this project's encoder with one attention backend of shared/backends.py
+# (math, fused, flash); native: our embeddings, then the framework's own encoder stack
+# (nn.TransformerEncoder, or the stack of nnx.MultiHeadAttention layers in jax_impl.native).
+OURS_VARIANTS = tuple(f"ours-{backend}" for backend in BACKENDS)
+VARIANTS = (*OURS_VARIANTS, "native")
 
 
 def variant_parts(variant: str) -> tuple[str, str]:
@@ -147,7 +150,7 @@ def batch_for(seq_len: int, *, tokens_per_batch: int, max_batch: int) -> int:
     return max(1, min(max_batch, tokens_per_batch // seq_len))
 
 
-_ALL_VARIANTS = ("ours-math", "ours-fused", "native")
+_ALL_VARIANTS = VARIANTS
 # The sequence-length sweep of the standard and full suites, and their batch rule.
 _SWEEP_SEQ_LENS = {
     "cpu": (128, 256, 512, 1024, 2048),
@@ -183,9 +186,7 @@ SUITES: dict[str, Suite] = {
         dtypes=("float32",),
         sweeps=(
             Sweep(phases=("forward",), variants=_ALL_VARIANTS, modes=MODES),
-            Sweep(
-                phases=("train_step",), variants=("ours-math", "ours-fused"), modes=("compiled",)
-            ),
+            Sweep(phases=("train_step",), variants=OURS_VARIANTS, modes=("compiled",)),
             # an eager train step costs seconds on a CPU: two shapes are enough to compare
             Sweep(
                 phases=("train_step",), variants=("ours-fused",), modes=("eager",), max_seq_len=512

@@ -3,6 +3,7 @@
 from jax_impl.attention import (
     BACKENDS,
     MultiHeadAttention,
+    flash_attention,
     fused_attention,
     make_attention_mask,
     scaled_dot_product_attention,
@@ -26,6 +27,7 @@ __all__ = [
     "MultiHeadAttention",
     "TransformerEncoder",
     "export_weights",
+    "flash_attention",
     "from_weights",
     "fused_attention",
     "import_weights",

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_impl.attention import MultiHeadAttention, linear, make_attention_mask
+from jax_impl.attention import MultiHeadAttention, linear
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs
 from shared.positional import sinusoidal
@@ -140,23 +140,34 @@ class EncoderLayer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, *, return_attention: bool = False
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        key_padding_mask: jax.Array | None = None,
+        is_causal: bool = False,
+        return_attention: bool = False,
     ) -> tuple[jax.Array, jax.Array | None]:
-        """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``."""
+        """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``.
+
+        ``mask`` (general), ``key_padding_mask`` (B, T) and ``is_causal`` go to the attention
+        as they are (``MultiHeadAttention`` documents them).
+        """
+        masks = {"mask": mask, "key_padding_mask": key_padding_mask, "is_causal": is_causal}
         if self.norm_first:
-            a, weights = self._attend(self.norm1(x), mask, return_attention)
+            a, weights = self._attend(self.norm1(x), masks, return_attention)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
-            a, weights = self._attend(x, mask, return_attention)
+            a, weights = self._attend(x, masks, return_attention)
             x = self.norm1(x + self.dropout(a))
             x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, weights
 
-    def _attend(self, x, mask, return_attention):
+    def _attend(self, x, masks, return_attention):
         if return_attention:
-            return self.attention(x, mask=mask, return_attention=True)
-        return self.attention(x, mask=mask), None
+            return self.attention(x, **masks, return_attention=True)
+        return self.attention(x, **masks), None
 
 
 class Encoder(nnx.Module):
@@ -178,6 +189,8 @@ class Encoder(nnx.Module):
         x: jax.Array,
         mask: jax.Array | None = None,
         *,
+        key_padding_mask: jax.Array | None = None,
+        is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
     ) -> tuple[jax.Array, list[jax.Array] | None, list[jax.Array] | None]:
@@ -189,7 +202,13 @@ class Encoder(nnx.Module):
         attentions = [] if return_attention else None
         hidden_states = [x] if return_hidden_states else None
         for layer in self.layers:
-            x, weights = layer(x, mask, return_attention=return_attention)
+            x, weights = layer(
+                x,
+                mask,
+                key_padding_mask=key_padding_mask,
+                is_causal=is_causal,
+                return_attention=return_attention,
+            )
             if return_attention:
                 attentions.append(weights)
             if return_hidden_states:
@@ -204,7 +223,8 @@ class TransformerEncoder(nnx.Module):
 
     Args:
         cfg: the model's hyperparameters.
-        backend: ``"math"`` (explicit attention) or ``"fused"`` (``jax.nn.dot_product_attention``).
+        backend: one of ``shared.backends.BACKENDS``: ``"math"`` (explicit attention), ``"fused"``
+            (``jax.nn.dot_product_attention``) or ``"flash"`` (FlashAttention-2, ``jax_impl/flash.py``).
         dtype: parameter dtype (default float32), e.g. ``jnp.float64`` (needs ``jax_enable_x64``)
             or ``jnp.bfloat16``.
         rngs: parameter initialisation and dropout keys.
@@ -254,10 +274,13 @@ class TransformerEncoder(nnx.Module):
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
-        t = input_ids.shape[1]
-        mask = make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
+        key_padding_mask = None if attention_mask is None else attention_mask.astype(bool)  # (B, T)
         x, attentions, hidden_states = self.encoder(
-            x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
+            x,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            return_attention=return_attention,
+            return_hidden_states=return_hidden_states,
         )
         outputs = (x,)
         if return_attention:

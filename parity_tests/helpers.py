@@ -100,9 +100,12 @@ def random_weights(cfg: EncoderConfig, seed: int = 0):
 # The embedding output gets ``+ offset`` (zeros) so that d loss / d embeddings is d loss / d offset.
 
 
-def torch_forward_backward(model, ids, types, mask4d, probe, *, attention: bool = True) -> dict:
+def torch_forward_backward(
+    model, ids, types, mask4d, probe, *, attention: bool = True, masks: dict | None = None
+) -> dict:
     """Outputs, per-layer states, attention weights (if ``attention``; asking for them runs the
-    math path even on the fused backend) and gradients of ``<h, probe>``, as NumPy."""
+    math path even on the fused backend) and gradients of ``<h, probe>``, as NumPy.
+    ``masks``: extra encoder keywords (``key_padding_mask`` as NumPy, ``is_causal``)."""
     device = next(model.parameters()).device
     dtype = model.embeddings.token.weight.dtype
 
@@ -113,8 +116,11 @@ def torch_forward_backward(model, ids, types, mask4d, probe, *, attention: bool 
     offset = torch.zeros(*ids.shape, model.config.d_model, dtype=dtype, device=device)
     offset.requires_grad_(True)
     x = model.embeddings(t(ids), t(types)) + offset  # (B, T, D)
+    extra = dict(masks or {})
+    if extra.get("key_padding_mask") is not None:
+        extra["key_padding_mask"] = t(extra["key_padding_mask"], torch.bool)
     h, attn, hidden = model.encoder(
-        x, t(mask4d), return_attention=attention, return_hidden_states=True
+        x, t(mask4d), return_attention=attention, return_hidden_states=True, **extra
     )
     (h * t(probe, dtype)).sum().backward()
     grads = {
@@ -131,7 +137,15 @@ def torch_forward_backward(model, ids, types, mask4d, probe, *, attention: bool 
 
 
 def jax_forward_backward(
-    model, ids, types, mask4d, probe, *, dtype: str = "float32", attention: bool = True
+    model,
+    ids,
+    types,
+    mask4d,
+    probe,
+    *,
+    dtype: str = "float32",
+    attention: bool = True,
+    masks: dict | None = None,
 ) -> dict:
     """The JAX twin of :func:`torch_forward_backward`."""
     from flax import nnx
@@ -141,12 +155,15 @@ def jax_forward_backward(
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         mask = None if mask4d is None else jnp.asarray(mask4d)
         probe = jnp.asarray(probe, dtype=jdtype)
+        extra = dict(masks or {})
+        if extra.get("key_padding_mask") is not None:
+            extra["key_padding_mask"] = jnp.asarray(extra["key_padding_mask"], dtype=bool)
 
         def loss(params, offset):
             m = nnx.merge(graphdef, params, rest)
             x = m.embeddings(jnp.asarray(ids), None if types is None else jnp.asarray(types))
             h, attn, hidden = m.encoder(
-                x + offset, mask, return_attention=attention, return_hidden_states=True
+                x + offset, mask, return_attention=attention, return_hidden_states=True, **extra
             )
             return (h * probe).sum(), (h, attn, hidden)
 

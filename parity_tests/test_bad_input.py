@@ -23,7 +23,7 @@ from flax import nnx
 import jax_impl
 import torch_impl
 from parity_tests.helpers import build_pair, random_weights, to_numpy
-from shared import EncoderConfig, reference
+from shared import BACKENDS, EncoderConfig, reference
 from shared.tolerances import assert_close, tolerance
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +515,7 @@ MHA_MASKS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["math", "fused"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("mask", "context_len", "error", "message"), MHA_MASKS)
 def test_multi_head_attention_rejects_a_bad_general_mask(
     fw, backend, mask, context_len, error, message
@@ -535,9 +535,9 @@ def test_multi_head_attention_d_model_not_divisible_by_n_heads(fw):
         fw.mha(30, 4)
 
 
-@pytest.mark.parametrize("backend", ["flash", "Math", ""])
+@pytest.mark.parametrize("backend", ["Flash", "Math", "sdpa", ""])
 def test_unknown_backend_is_rejected_by_model_and_attention(fw, backend):
-    message = f"backend={backend!r} must be one of ('math', 'fused')"
+    message = f"backend={backend!r} must be one of ('math', 'fused', 'flash')"
     with pytest.raises(ValueError, match=re.escape(message)):
         fw.model(CFG, backend=backend)
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -184,7 +184,7 @@ def test_standard_suite_shrinks_the_batch_as_sequences_grow():
     assert shapes == [(128, 8), (256, 4), (512, 2), (1024, 1), (2048, 1)]
     eager_train = {c.seq_len for c in cases if c.phase == "train_step" and c.mode == "eager"}
     assert eager_train == {128, 256, 512}
-    assert {c.variant for c in cases} == {"ours-math", "ours-fused", "native"}
+    assert {c.variant for c in cases} == {"ours-math", "ours-fused", "ours-flash", "native"}
 
 
 def test_command_line_choices_replace_the_suites_sweeps_by_their_cross_product():
@@ -195,7 +195,7 @@ def test_command_line_choices_replace_the_suites_sweeps_by_their_cross_product()
     assert {(c.phase, c.mode, c.batch, c.seq_len) for c in cases} == {
         ("forward_backward", "eager", 3, 16)
     }
-    assert len(cases) == 2 * 3  # frameworks x variants
+    assert len(cases) == 2 * 4  # frameworks x variants (math, fused, flash, native)
 
 
 def test_configs_come_from_presets_or_json_files(tmp_path):
@@ -251,6 +251,7 @@ def _row(**changes) -> dict:
         "tflops": 1e-6,
         "peak_tflops_measured": 0.1,
         "utilization": 1e-5,
+        "utilization_best_gemm": 5e-6,
         "peak_tflops_datasheet": None,
         "utilization_datasheet": None,
         "peak_memory_bytes": 2**20,
@@ -463,3 +464,39 @@ def test_targets_reads_ratios_and_utilisation_from_results_rows():
     assert got["torch ours-fused eager"] == (0.8, 0.95)  # 100 ms / 125 ms of throughput
     assert got["jax ours-math compiled train step"] == (0.7, 0.65)
     assert got["jax ours-math jit"] == (None, 1.0)  # no native JAX row: reported missing
+
+
+def test_long_sequence_targets_compare_jax_flash_with_torchs_best():
+    from benchmarks.targets import long_sequence_targets, verdict
+
+    step = {"batch": 1, "seq_len": 2048, "dtype": "float32", "phase": "train_step"}
+    step |= {"mode": "compiled", "implementation": "ours"}
+    rows = [
+        {
+            "framework": "torch",
+            "backend": "fused",
+            "median_ms": 4000.0,
+            "peak_memory_bytes": 600,
+            **step,
+        },
+        {
+            "framework": "torch",
+            "backend": "math",
+            "median_ms": 5000.0,
+            "peak_memory_bytes": 900,
+            **step,
+        },
+        {
+            "framework": "jax",
+            "backend": "flash",
+            "median_ms": 5000.0,
+            "peak_memory_bytes": 1200,
+            "utilization": 0.5,
+            **step,
+        },
+    ]
+    (util, memory, time) = long_sequence_targets(rows)
+    assert util[1:] == (0.5, 0.60) and verdict(*util[1:]) == "MISSED"
+    assert memory[1] == 0.5 and verdict(*memory[1:]) == "MISSED"  # 1200 B is 2x torch's 600 B
+    assert time[1:] == (0.8, None) and verdict(*time[1:]) == "stated"  # 4000 ms / 5000 ms
+    assert all(m is None for _, m, _ in long_sequence_targets(rows[:2]))

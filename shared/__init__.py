@@ -5,9 +5,11 @@ table), ``weights`` (checkpoint format v1), ``reference`` (float64 oracle), ``in
 argument validation), ``tolerances`` (the one tolerance table), ``hf`` (Hugging Face BERT
 folders to format v1), ``flops`` (analytic FLOP counts), ``data`` (synthetic tasks, identical
 batches for both frameworks), ``training`` (the training rules both frameworks share),
-``divergence`` (layer-by-layer comparison of two runs).
+``divergence`` (layer-by-layer comparison of two runs), ``backends`` (the attention backend
+names).
 """
 
+from shared.backends import BACKENDS
 from shared.config import EncoderConfig
 
-__all__ = ["EncoderConfig"]
+__all__ = ["BACKENDS", "EncoderConfig"]

@@ -5,6 +5,8 @@ the framework idioms and nothing else.
 
 Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim = D / H.
 Masks are boolean, True = may attend (``shared/masks.py``), shaped to broadcast to (B, H, T, S).
+The model passes padding as a (B, S) ``key_padding_mask`` and causality as ``is_causal``;
+only the backends that need one build the dense (B|1, 1, T, S) mask (:func:`combine_masks`).
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.backends import BACKENDS, backend_info
 from shared.inputs import check_mask_shape
+from torch_impl.flash import flash_attention
 
 __all__ = [
+    "ATTENTION",
     "BACKENDS",
     "MultiHeadAttention",
+    "combine_masks",
+    "flash_attention",
     "fused_attention",
     "make_attention_mask",
+    "math_attention",
     "scaled_dot_product_attention",
 ]
-
-BACKENDS = ("math", "fused")
 
 
 def scaled_dot_product_attention(
@@ -54,17 +60,39 @@ def scaled_dot_product_attention(
     return weights @ v, weights  # (B, H, T, hd), (B, H, T, S)
 
 
+def math_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    key_padding_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """:func:`scaled_dot_product_attention` on the combined dense mask; the output only."""
+    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k)
+    return scaled_dot_product_attention(q, k, v, mask)[0]
+
+
 def fused_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    key_padding_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
 ) -> torch.Tensor:
     """The same function through PyTorch's fused kernel, ``F.scaled_dot_product_attention``.
 
     Fused kernels never materialise the weights, so only the output (B, H, T, hd) comes back.
-    Rows with no allowed key are given every key (a finite average) and then zeroed, which
-    matches :func:`scaled_dot_product_attention` whatever kernel PyTorch picks.
+    Causality alone goes to the kernel as its own flag (no mask built). Rows with no allowed
+    key are given every key (a finite average) and then zeroed, which matches
+    :func:`scaled_dot_product_attention` whatever kernel PyTorch picks.
     """
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v)
+    if mask is None and key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k)
     has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
     return out.masked_fill(~has_key, 0.0)  # (B, H, T, hd)
@@ -87,13 +115,35 @@ def make_attention_mask(
     return mask
 
 
+def combine_masks(
+    mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    *,
+    is_causal: bool,
+    q: torch.Tensor,
+    k: torch.Tensor,
+) -> torch.Tensor | None:
+    """General mask & (B, S) padding & causality -> one dense boolean mask, or None."""
+    dense = make_attention_mask(
+        key_padding_mask, is_causal=is_causal, q_len=q.shape[2], k_len=k.shape[2], device=q.device
+    )
+    if mask is None or dense is None:
+        return mask if dense is None else dense
+    return mask & dense  # (B|1, H|1, T, S)
+
+
+ATTENTION = {"math": math_attention, "fused": fused_attention, "flash": flash_attention}
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W_o, head_i = Attention(Q W_q^i, K W_k^i, V W_v^i).
 
-    Self-attention when ``context`` is omitted, cross-attention otherwise. ``backend="math"``
-    runs :func:`scaled_dot_product_attention`; ``backend="fused"`` runs :func:`fused_attention`
-    (same numbers, tested), except that a call with ``return_attention=True`` always runs the
-    math path, because fused kernels do not produce the weights.
+    Self-attention when ``context`` is omitted, cross-attention otherwise. The attention
+    function is chosen once, here, from :data:`ATTENTION` by ``backend`` (the names of
+    ``shared/backends.py``): ``"math"`` runs :func:`scaled_dot_product_attention`,
+    ``"fused"`` :func:`fused_attention`, ``"flash"`` :func:`flash_attention` (same numbers,
+    tested). A call with ``return_attention=True`` always runs the math path, because the
+    fused and flash backends do not produce the weights; :meth:`runs` says which one runs.
     """
 
     def __init__(
@@ -102,11 +152,11 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} must be one of {BACKENDS}")
+        backend_info(backend)  # ValueError naming the known backends
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.backend = backend
+        self.attend = ATTENTION[backend]
         self.q = linear(d_model, d_model, dtype=dtype)
         self.k = linear(d_model, d_model, dtype=dtype)
         self.v = linear(d_model, d_model, dtype=dtype)
@@ -118,15 +168,28 @@ class MultiHeadAttention(nn.Module):
         context: torch.Tensor | None = None,
         *,
         mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
         return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, D), context (B, S, D) -> (B, T, D) [and weights (B, H, T, S)]."""
+        """x (B, T, D), context (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
+
+        Args:
+            mask: general boolean (B|1, H|1, T|1, S) mask, True = may attend.
+            key_padding_mask: boolean (B, S), True = real key (padding masked out).
+            is_causal: query t attends to keys s <= t only.
+            The three combine (logical and).
+        """
         context = x if context is None else context
         b, t, d = x.shape
         s = context.shape[1]
         h, hd = self.n_heads, self.head_dim
         if mask is not None:
             check_mask_shape(tuple(mask.shape), dtype_kind(mask), b=b, h=h, t=t, s=s)
+        if key_padding_mask is not None:
+            check_key_padding_mask(
+                tuple(key_padding_mask.shape), dtype_kind(key_padding_mask), b, s
+            )
 
         # 1. Project, and split the feature axis into heads.
         q = self.q(x).view(b, t, h, hd).transpose(1, 2)  # (B, H, T, hd)
@@ -134,15 +197,33 @@ class MultiHeadAttention(nn.Module):
         v = self.v(context).view(b, s, h, hd).transpose(1, 2)  # (B, H, S, hd)
 
         # 2. Attend, in every head at once.
-        if self.backend == "fused" and not return_attention:
-            out, weights = fused_attention(q, k, v, mask), None
-        else:
+        masks = {"key_padding_mask": key_padding_mask, "is_causal": is_causal}
+        if return_attention:
+            mask = combine_masks(mask, **masks, q=q, k=k)
             out, weights = scaled_dot_product_attention(q, k, v, mask)
+        else:
+            out, weights = self.attend(q, k, v, mask, **masks), None
 
         # 3. Concatenate the heads and project back.
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
         out = self.out(out)
         return (out, weights) if return_attention else out
+
+    def runs(self, *, return_attention: bool = False) -> str:
+        """The backend a call runs: ``"math"`` when the weights are asked of a backend that
+        has none (``shared.backends``), ``self.backend`` otherwise."""
+        if return_attention and not backend_info(self.backend).returns_weights:
+            return "math"
+        return self.backend
+
+
+def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) -> None:
+    """A key padding mask is boolean (B, S), True = real key."""
+    if kind != "b" or shape != (b, s):
+        raise ValueError(
+            f"key_padding_mask must be boolean of shape (B, S) = ({b}, {s}), "
+            f"got dtype kind {kind!r} and shape {shape}"
+        )
 
 
 def linear(d_in: int, d_out: int, *, dtype: torch.dtype | None = None) -> nn.Linear:

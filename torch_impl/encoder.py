@@ -18,7 +18,7 @@ from torch import nn
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs
 from shared.positional import sinusoidal
-from torch_impl.attention import MultiHeadAttention, dtype_kind, linear, make_attention_mask
+from torch_impl.attention import MultiHeadAttention, dtype_kind, linear
 
 __all__ = ["Embeddings", "Encoder", "EncoderLayer", "FeedForward", "TransformerEncoder"]
 
@@ -128,23 +128,34 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, return_attention: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        return_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``."""
+        """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``.
+
+        ``mask`` (general), ``key_padding_mask`` (B, T) and ``is_causal`` go to the attention
+        as they are (``MultiHeadAttention`` documents them).
+        """
+        masks = {"mask": mask, "key_padding_mask": key_padding_mask, "is_causal": is_causal}
         if self.norm_first:
-            a, weights = self._attend(self.norm1(x), mask, return_attention)
+            a, weights = self._attend(self.norm1(x), masks, return_attention)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
-            a, weights = self._attend(x, mask, return_attention)
+            a, weights = self._attend(x, masks, return_attention)
             x = self.norm1(x + self.dropout(a))
             x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, weights
 
-    def _attend(self, x, mask, return_attention):
+    def _attend(self, x, masks, return_attention):
         if return_attention:
-            return self.attention(x, mask=mask, return_attention=True)
-        return self.attention(x, mask=mask), None
+            return self.attention(x, **masks, return_attention=True)
+        return self.attention(x, **masks), None
 
 
 class Encoder(nn.Module):
@@ -164,6 +175,8 @@ class Encoder(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         *,
+        key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
@@ -175,7 +188,13 @@ class Encoder(nn.Module):
         attentions = [] if return_attention else None
         hidden_states = [x] if return_hidden_states else None
         for layer in self.layers:
-            x, weights = layer(x, mask, return_attention=return_attention)
+            x, weights = layer(
+                x,
+                mask,
+                key_padding_mask=key_padding_mask,
+                is_causal=is_causal,
+                return_attention=return_attention,
+            )
             if return_attention:
                 attentions.append(weights)
             if return_hidden_states:
@@ -190,7 +209,8 @@ class TransformerEncoder(nn.Module):
 
     Args:
         cfg: the model's hyperparameters.
-        backend: ``"math"`` (explicit attention) or ``"fused"`` (PyTorch's SDPA kernel).
+        backend: one of ``shared.backends.BACKENDS``: ``"math"`` (explicit attention), ``"fused"``
+            (PyTorch's SDPA kernel) or ``"flash"`` (FlashAttention-2, ``torch_impl/flash.py``).
         dtype: parameter dtype (default float32), e.g. ``torch.float64`` or ``torch.bfloat16``.
             Prefer it to ``.to(dtype)``: the sinusoid table is then rounded once, from float64.
     """
@@ -239,10 +259,13 @@ class TransformerEncoder(nn.Module):
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
-        t = input_ids.shape[1]
-        mask = make_attention_mask(attention_mask, is_causal=is_causal, q_len=t, device=device)
+        key_padding_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
         x, attentions, hidden_states = self.encoder(
-            x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
+            x,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            return_attention=return_attention,
+            return_hidden_states=return_hidden_states,
         )
         outputs = (x,)
         if return_attention:

@@ -1,0 +1,259 @@
+"""FlashAttention-2 in JAX, written out: attention block by block, memory linear in T.
+
+Mirrors ``torch_impl/flash.py`` step for step. Read it beside the paper: Tri Dao,
+"FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning" (2023),
+Algorithm 1 (forward) and Algorithm 2 (backward); the numbered steps below are theirs.
+
+Notation: B batch, H heads, T query length, S key length, hd head_dim; Br, Bc the query
+and key block sizes (the paper's B_r, B_c); i indexes query blocks, j key blocks.
+
+The (T, S) weights are never stored. The forward keeps, per query row, the running maximum
+m and the running sum l of exp(scores - m), rescaling the partial output whenever m grows
+("online softmax"), and saves only the output O and the log-sum-exp L = m + log(l). The
+backward recomputes each block's weights P_ij = exp(S_ij - L_i) from L.
+
+Masks: ``key_padding_mask`` (B, S) True = real key; ``is_causal`` (query t sees keys
+s <= t; key blocks entirely above the diagonal are skipped, not computed); ``mask`` a
+general boolean (B|1, H|1, T|1, S) mask, True = may attend. All three combine. A query row
+with no allowed key gets a zero output and zero gradients, as the math path does. Scores
+and sums run in float32 (float64 for float64 inputs); the output has the inputs' dtype.
+
+JAX specifics: the loops are ``lax`` loops (``lax.map`` over query blocks, ``fori_loop``
+over key blocks), so the compiled program holds one block of scores at a time and its
+memory is linear in T; a causal loop's bound depends on the block index (a ``while`` loop),
+which reverse-mode autodiff could not differentiate, hence the ``jax.custom_vjp``. T and S
+are padded up to whole blocks; padded keys are masked out and padded queries dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["BLOCK_K", "BLOCK_Q", "flash_attention"]
+
+BLOCK_Q = 128  # Br: query rows per block
+BLOCK_K = 128  # Bc: key rows per block
+
+
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    key_padding_mask: jax.Array | None = None,
+    is_causal: bool = False,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> jax.Array:
+    """softmax(Q K^T / sqrt(hd)) V by blocks; q (B, H, T, hd), k, v (B, H, S, hd) -> (B, H, T, hd).
+
+    Args:
+        mask: optional boolean (B|1, H|1, T|1, S), True = may attend.
+        key_padding_mask: optional boolean (B, S), True = real key.
+        is_causal: query t attends to keys s <= t only.
+        block_q, block_k: Br and Bc (default :data:`BLOCK_Q`, :data:`BLOCK_K`, read at call time); any T and S work (the last block is padded).
+    """
+    block_q = BLOCK_Q if block_q is None else block_q
+    block_k = BLOCK_K if block_k is None else block_k
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
+    return _flash_attention(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k)
+
+
+def accumulator_dtype(x: jax.Array):
+    """float64 for float64 inputs, float32 otherwise (bfloat16 accumulates in float32)."""
+    return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+def pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
+    """x padded with ``value`` at the end of ``axis`` up to ``size``."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def padded_masks(mask, key_padding_mask, k, t_pad: int, s_pad: int):
+    """The general mask padded to (B|1, H|1, Tp|1, Sp), and real keys as (B|1, Sp) booleans."""
+    s = k.shape[2]
+    real = jnp.ones((1, s), dtype=bool) if key_padding_mask is None else key_padding_mask
+    real = pad_to(real.astype(bool), 1, s_pad, False)  # padded keys are never attended
+    if mask is not None:
+        mask = pad_to(mask, 3, s_pad, False)
+        mask = mask if mask.shape[2] == 1 else pad_to(mask, 2, t_pad, False)
+    return mask, real
+
+
+def block_mask(mask, real, is_causal: bool, i0, j0, block_q: int, block_k: int) -> jax.Array:
+    """The allowed (B|1, H|1, Br, Bc) entries of the block at rows i0.., keys j0.."""
+    allowed = lax.dynamic_slice_in_dim(real, j0, block_k, axis=1)[
+        :, None, None, :
+    ]  # (B|1, 1, 1, Bc)
+    if mask is not None:
+        rows = mask if mask.shape[2] == 1 else lax.dynamic_slice_in_dim(mask, i0, block_q, axis=2)
+        allowed = allowed & lax.dynamic_slice_in_dim(rows, j0, block_k, axis=3)
+    if is_causal:
+        t = i0 + jnp.arange(block_q)[:, None]  # (Br, 1)
+        s = j0 + jnp.arange(block_k)[None, :]  # (1, Bc)
+        allowed = allowed & (s <= t)[None, None]  # (B|1, H|1, Br, Bc)
+    return allowed
+
+
+def key_blocks(i, n_k: int, block_q: int, block_k: int, is_causal: bool):
+    """How many key blocks query block i needs: causal skips keys >= its last query + 1."""
+    if not is_causal:
+        return n_k
+    return jnp.minimum(n_k, ((i + 1) * block_q + block_k - 1) // block_k)
+
+
+def query_blocks(j, block_q: int, block_k: int, is_causal: bool):
+    """The first query block that sees key block j: causal skips rows t < j's first key."""
+    return (j * block_k) // block_q if is_causal else 0
+
+
+def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
+    """Algorithm 1. Returns ``(O (B, H, T, hd) in v's dtype, L (B, H, T) log-sum-exp)``.
+
+    1. Split Q into blocks Q_i of Br rows, K and V into blocks K_j, V_j of Bc rows.
+    2. For each Q_i: m_i = -inf, l_i = 0, O_i = 0 (in the accumulator dtype).
+    3.   For each K_j, V_j (causal: only j with keys <= the block's last query):
+    4.     S_ij = Q_i K_j^T / sqrt(hd), masked entries -inf.
+    5.     m_new = max(m_i, rowmax(S_ij)); P_ij = exp(S_ij - m_new).
+    6.     l_i = exp(m_i - m_new) l_i + rowsum(P_ij); O_i = exp(m_i - m_new) O_i + P_ij V_j.
+    7.   O_i = O_i / l_i (0 where l_i = 0: no allowed key); L_i = m_i + log(l_i) (+inf there).
+    """
+    acc = accumulator_dtype(q)
+    b, h, t, hd = q.shape
+    s = k.shape[2]
+    n_q, n_k = -(-t // block_q), -(-s // block_k)
+    scale = 1.0 / math.sqrt(hd)
+    mask, real = padded_masks(mask, key_padding_mask, k, n_q * block_q, n_k * block_k)
+    q, k, v = pad_to(q, 2, n_q * block_q), pad_to(k, 2, n_k * block_k), pad_to(v, 2, n_k * block_k)
+
+    def query_block(i):  # step 1-2
+        i0 = i * block_q
+        q_i = lax.dynamic_slice_in_dim(q, i0, block_q, axis=2).astype(acc) * scale  # (B, H, Br, hd)
+        m_i = jnp.full((b, h, block_q), -jnp.inf, dtype=acc)  # (B, H, Br)
+        l_i = jnp.zeros_like(m_i)
+        o_i = jnp.zeros_like(q_i)
+
+        def key_block(j, carry):  # step 3
+            m_i, l_i, o_i = carry
+            j0 = j * block_k
+            k_j = lax.dynamic_slice_in_dim(k, j0, block_k, axis=2).astype(acc)  # (B, H, Bc, hd)
+            v_j = lax.dynamic_slice_in_dim(v, j0, block_k, axis=2).astype(acc)
+            s_ij = q_i @ k_j.swapaxes(-2, -1)  # step 4: (B, H, Br, Bc)
+            allowed = block_mask(mask, real, is_causal, i0, j0, block_q, block_k)
+            s_ij = jnp.where(allowed, s_ij, -jnp.inf)
+            m_new = jnp.maximum(m_i, s_ij.max(axis=-1))  # step 5
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with no key yet
+            p_ij = jnp.exp(s_ij - m_safe[..., None])
+            alpha = jnp.exp(m_i - m_safe)  # step 6: rescale what came before
+            l_i = alpha * l_i + p_ij.sum(axis=-1)
+            o_i = alpha[..., None] * o_i + p_ij @ v_j
+            return m_new, l_i, o_i
+
+        n = key_blocks(i, n_k, block_q, block_k, is_causal)
+        m_i, l_i, o_i = lax.fori_loop(0, n, key_block, (m_i, l_i, o_i))
+        has_key = l_i > 0  # step 7
+        l_safe = jnp.where(has_key, l_i, 1.0)
+        o_i = jnp.where(has_key[..., None], o_i / l_safe[..., None], 0.0)
+        return o_i, jnp.where(has_key, m_i + jnp.log(l_safe), jnp.inf)
+
+    o, lse = lax.map(query_block, jnp.arange(n_q))  # (n_q, B, H, Br, hd), (n_q, B, H, Br)
+    o = o.transpose(1, 2, 0, 3, 4).reshape(b, h, n_q * block_q, hd)[:, :, :t]  # (B, H, T, hd)
+    lse = lse.transpose(1, 2, 0, 3).reshape(b, h, n_q * block_q)[:, :, :t]  # (B, H, T)
+    return o.astype(v.dtype), lse
+
+
+def flash_backward(q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, block_q, block_k):
+    """Algorithm 2. Returns ``(dQ, dK, dV)`` in the inputs' dtypes.
+
+    1. D = rowsum(dO * O) (B, H, T): the softmax backward's per-row term.
+    2. For each K_j, V_j: dK_j = 0, dV_j = 0.
+    3.   For each Q_i (causal: only blocks with a query >= the block's first key):
+    4.     S_ij = Q_i K_j^T / sqrt(hd); P_ij = exp(S_ij - L_i), masked entries 0.
+    5.     dV_j += P_ij^T dO_i;  dP_ij = dO_i V_j^T.
+    6.     dS_ij = P_ij * (dP_ij - D_i).
+    7.     dQ_i += dS_ij K_j / sqrt(hd);  dK_j += dS_ij^T Q_i / sqrt(hd).
+    """
+    acc = accumulator_dtype(q)
+    t, hd = q.shape[2], q.shape[3]
+    s = k.shape[2]
+    n_q, n_k = -(-t // block_q), -(-s // block_k)
+    scale = 1.0 / math.sqrt(hd)
+    d_out = d_out.astype(acc)
+    delta = (d_out * out.astype(acc)).sum(axis=-1)  # step 1: (B, H, T)
+    mask, real = padded_masks(mask, key_padding_mask, k, n_q * block_q, n_k * block_k)
+    q, d_out = pad_to(q, 2, n_q * block_q), pad_to(d_out, 2, n_q * block_q)
+    lse, delta = pad_to(lse, 2, n_q * block_q, jnp.inf), pad_to(delta, 2, n_q * block_q)
+    k, v = pad_to(k, 2, n_k * block_k), pad_to(v, 2, n_k * block_k)
+    dq = jnp.zeros(q.shape, dtype=acc)
+    dk = jnp.zeros(k.shape, dtype=acc)
+    dv = jnp.zeros(v.shape, dtype=acc)
+
+    def key_block(j, grads):  # step 2
+        dq, dk, dv = grads
+        j0 = j * block_k
+        k_j = lax.dynamic_slice_in_dim(k, j0, block_k, axis=2).astype(acc)  # (B, H, Bc, hd)
+        v_j = lax.dynamic_slice_in_dim(v, j0, block_k, axis=2).astype(acc)
+        dk_j = jnp.zeros_like(k_j)
+        dv_j = jnp.zeros_like(v_j)
+
+        def query_block(i, carry):  # step 3
+            dq, dk_j, dv_j = carry
+            i0 = i * block_q
+            q_i = lax.dynamic_slice_in_dim(q, i0, block_q, axis=2).astype(acc)  # (B, H, Br, hd)
+            s_ij = (q_i * scale) @ k_j.swapaxes(-2, -1)  # step 4: (B, H, Br, Bc)
+            p_ij = jnp.exp(s_ij - lax.dynamic_slice_in_dim(lse, i0, block_q, axis=2)[..., None])
+            allowed = block_mask(mask, real, is_causal, i0, j0, block_q, block_k)
+            p_ij = jnp.where(allowed, p_ij, 0.0)
+            do_i = lax.dynamic_slice_in_dim(d_out, i0, block_q, axis=2)  # (B, H, Br, hd)
+            dv_j = dv_j + p_ij.swapaxes(-2, -1) @ do_i  # step 5
+            dp_ij = do_i @ v_j.swapaxes(-2, -1)  # (B, H, Br, Bc)
+            d_i = lax.dynamic_slice_in_dim(delta, i0, block_q, axis=2)
+            ds_ij = p_ij * (dp_ij - d_i[..., None])  # step 6
+            dq_i = lax.dynamic_slice_in_dim(dq, i0, block_q, axis=2) + (ds_ij @ k_j) * scale
+            dq = lax.dynamic_update_slice_in_dim(dq, dq_i, i0, axis=2)  # step 7
+            dk_j = dk_j + (ds_ij.swapaxes(-2, -1) @ q_i) * scale
+            return dq, dk_j, dv_j
+
+        start = query_blocks(j, block_q, block_k, is_causal)
+        dq, dk_j, dv_j = lax.fori_loop(start, n_q, query_block, (dq, dk_j, dv_j))
+        dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j0, axis=2)
+        dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j0, axis=2)
+        return dq, dk, dv
+
+    dq, dk, dv = lax.fori_loop(0, n_k, key_block, (dq, dk, dv))
+    return (
+        dq[:, :, :t].astype(q.dtype),
+        dk[:, :, :s].astype(k.dtype),
+        dv[:, :, :s].astype(v.dtype),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _flash_attention(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
+    return flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k)[0]
+
+
+def _flash_attention_fwd(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
+    """Saves Q, K, V, O and L (all linear in T); the backward recomputes the weights."""
+    out, lse = flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k)
+    return out, (q, k, v, out, lse, mask, key_padding_mask)
+
+
+def _flash_attention_bwd(is_causal, block_q, block_k, saved, d_out):
+    q, k, v, out, lse, mask, key_padding_mask = saved
+    dq, dk, dv = flash_backward(
+        q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, block_q, block_k
+    )
+    return dq, dk, dv, None, None
+
+
+_flash_attention.defvjp(_flash_attention_fwd, _flash_attention_bwd)
