@@ -122,16 +122,17 @@ class MultiHeadAttention(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """x (B, T, D), context (B, S, D) -> (B, T, D) [and weights (B, H, T, S)]."""
         context = x if context is None else context
-        b, t, d = x.shape
+        b, t, _ = x.shape
         s = context.shape[1]
         h, hd = self.n_heads, self.head_dim
         if mask is not None:
             check_mask_shape(tuple(mask.shape), mask.dtype.kind, b=b, h=h, t=t, s=s)
 
-        # 1. Project, and split the feature axis into heads.
-        q = self.q(x).reshape(b, t, h, hd).swapaxes(1, 2)  # (B, H, T, hd)
-        k = self.k(context).reshape(b, s, h, hd).swapaxes(1, 2)  # (B, H, S, hd)
-        v = self.v(context).reshape(b, s, h, hd).swapaxes(1, 2)  # (B, H, S, hd)
+        # 1. Project, and split the feature axis into heads. The head count comes from the
+        #    tensor: under tensor parallelism a device holds only its H / M local heads.
+        q = self.q(x).reshape(b, t, -1, hd).swapaxes(1, 2)  # (B, H, T, hd)
+        k = self.k(context).reshape(b, s, -1, hd).swapaxes(1, 2)  # (B, H, S, hd)
+        v = self.v(context).reshape(b, s, -1, hd).swapaxes(1, 2)  # (B, H, S, hd)
 
         # 2. Attend, in every head at once.
         if self.backend == "fused" and not return_attention:
@@ -140,7 +141,7 @@ class MultiHeadAttention(nnx.Module):
             out, weights = scaled_dot_product_attention(q, k, v, mask)
 
         # 3. Concatenate the heads and project back.
-        out = out.swapaxes(1, 2).reshape(b, t, d)  # (B, T, D)
+        out = out.swapaxes(1, 2).reshape(b, t, -1)  # (B, T, D), or (B, T, D / M) per device
         out = self.out(out)
         return (out, weights) if return_attention else out
 
