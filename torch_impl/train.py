@@ -18,6 +18,8 @@ Notation: B batch, T sequence length, D d_model, C classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -202,13 +204,19 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
     micro_batches: list[dict[str, torch.Tensor]],
-    n_targets: int,
+    n_targets: float,
+    *,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple] = loss_terms,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer update from ``micro_batches``: ``(mean loss, gradient norm before clipping)``."""
+    """One optimizer update from ``micro_batches``: ``(mean loss, gradient norm before clipping)``.
+
+    ``loss_fn(model, batch)`` gives ``(summed loss, anything)``; :func:`loss_terms` by default
+    (the benchmarks pass a loss on the encoder's hidden states).
+    """
     optimizer.zero_grad(set_to_none=True)
     loss = 0.0
     for batch in micro_batches:
-        loss_sum, _ = loss_terms(model, batch)
+        loss_sum, _ = loss_fn(model, batch)
         micro_loss = loss_sum / n_targets
         micro_loss.backward()  # accumulates into .grad
         loss = loss + micro_loss.detach()
