@@ -37,6 +37,12 @@ MESHES = [
     pytest.param(2, 2, True, id="data2xmodel2-fsdp"),
     pytest.param(4, 1, True, id="data4-fsdp"),
 ]
+# the forward also on the meshes of the PyTorch cases (2 processes), to compare the two
+FORWARD_MESHES = [
+    *MESHES,
+    pytest.param(2, 1, False, id="data2"),
+    pytest.param(1, 2, False, id="model2"),
+]
 F32 = tolerance("float32")
 
 
@@ -52,7 +58,7 @@ def _pair(cfg: EncoderConfig, data: int, model: int, fsdp: bool):
     return single, sharded, mesh
 
 
-@pytest.mark.parametrize(("data", "model", "fsdp"), MESHES)
+@pytest.mark.parametrize(("data", "model", "fsdp"), FORWARD_MESHES)
 def test_sharded_outputs_and_attention_weights_equal_one_device(data, model, fsdp):
     single, sharded, mesh = _pair(CFG, data, model, fsdp)
     ids, mask, _ = make_inputs(CFG, 4, 8, seed=2, pad="some")

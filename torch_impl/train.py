@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from shared.config import EncoderConfig
 from shared.data import Batch, TaskConfig, count_targets
@@ -194,8 +195,20 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
 
     This is ``torch.nn.utils.clip_grad_norm_``, including its ``+ 1e-6``
     (``optax.clip_by_global_norm`` divides by the norm alone); ``jax_impl`` writes it out.
+    A sharded model (``torch_impl.parallel``) holds DTensor gradients on different meshes,
+    which ``clip_grad_norm_`` cannot stack: each gradient's norm is then made whole
+    (``full_tensor``, a collective) before the same formula.
     """
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norms = [torch.linalg.vector_norm(g) for g in grads]
+    norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0).item()  # float32, exactly
+    for g in grads:
+        g.mul_(scale)
+    return total
 
 
 def train_step(
