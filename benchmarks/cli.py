@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import environment
+from benchmarks import environment, mesh
+from benchmarks.mesh import parse_mesh
 from benchmarks.suites import (
     DEVICES,
     DTYPES,
@@ -224,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"output folder (default {DEFAULT_OUT}/, which git ignores)",
     )
+    parser.add_argument(
+        "--mesh",
+        type=parse_mesh,
+        action="append",
+        metavar="data=N,model=M[,fsdp]",
+        help="time the sharded train step on this mesh (repeatable), next to one device; "
+        "on CPU, JAX gets N*M host devices and PyTorch N*M gloo processes (they share the "
+        "cores: the rows show overhead, not speedup); on GPU, the GPUs present. Uses "
+        "--config, --frameworks, --batch (default 8), the first of --seq-lens (default "
+        "128), --warmup (default 2), --repeats (default 5), --out",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument(
         "--dry-run",
@@ -244,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
 
+    if args.mesh:
+        return _run_mesh(args, config_name, cfg)
     cache_dir = Path(tempfile.mkdtemp(prefix="twin-encoder-bench-"))
     try:
         return _run(args, argv, suite, config_name, cfg, cache_dir, parser)
@@ -331,6 +345,36 @@ def _run(args, argv, suite, config_name, cfg, cache_dir: Path, parser) -> int:
     if result.interrupted:
         return 130
     return 1 if result.failures else 0
+
+
+def _run_mesh(args, config_name: str, cfg) -> int:
+    """``--mesh``: the sharded train step per mesh (benchmarks/mesh.py)."""
+    modules, skipped = environment.import_frameworks(args.frameworks)
+    for framework, reason in skipped.items():
+        _log(f"skipping {framework}: {reason}")
+    try:
+        device = environment.resolve_device(args.device, environment.available_devices(modules))
+    except environment.DeviceUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seq_len = args.seq_lens[0] if args.seq_lens else 128
+    try:
+        return mesh.run(
+            args.mesh,
+            cfg=cfg.replace(max_len=max(cfg.max_len, seq_len)),
+            config_name=config_name,
+            frameworks=tuple(fw for fw in args.frameworks if fw in modules),
+            device=device,
+            batch=args.batch or 8,
+            seq_len=seq_len,
+            warmup=2 if args.warmup is None else args.warmup,
+            repeats=args.repeats or 5,
+            out=args.out,
+            plots=not args.no_plots,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _make_runners(frameworks: Sequence[str], device: str, threads: int) -> dict[str, Any]:

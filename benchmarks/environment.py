@@ -133,18 +133,15 @@ def configure_precision(modules: dict[str, Any], *, tf32: bool) -> dict[str, Any
     also stops bfloat16 passes on TPUs; torch TF32 off). ``tf32``: TF32 in both, on GPUs.
     """
     record: dict[str, Any] = {"float32_matmuls": "tf32" if tf32 else "float32"}
-    jax = modules.get("jax")
-    if jax is not None:
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
-        record["jax_default_matmul_precision"] = jax.config.jax_default_matmul_precision
-    torch = modules.get("torch")
-    if torch is not None:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-        record["torch_cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-        record["torch_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        record["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    mode = "tf32" if tf32 else "float32"
+    if modules.get("jax") is not None:
+        import jax_impl.precision
+
+        record |= jax_impl.precision.set_matmul_precision(mode)
+    if modules.get("torch") is not None:
+        import torch_impl.precision
+
+        record |= torch_impl.precision.set_matmul_precision(mode)
     return record
 
 

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+import jax_impl.precision
+import torch_impl.precision
+
 ACTIVATIONS = {
     "identity": (lambda h: h, lambda h: h),
     "relu": (jax.nn.relu, torch.relu),
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
-    jax.config.update("jax_default_matmul_precision", "highest")
+    jax_impl.precision.set_matmul_precision("float32")
+    torch_impl.precision.set_matmul_precision("float32")
     b, t, d, f = 8, 128, 768, 3072
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, t, d)).astype(np.float32)

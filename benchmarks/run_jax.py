@@ -11,9 +11,10 @@ Phases, as in ``run_torch`` (loss ``mean(h**2)`` over float32 hidden states):
 
 * forward: eval mode;
 * forward_backward: ``jax.grad`` of the loss with respect to the parameters;
-* train_step: the gradient, then ``optax.adamw`` (the same hyperparameters as torch's
-  AdamW), all in one function; compiled, it is one ``jax.jit`` executable, with the
-  parameters and optimizer state donated so that they are updated in place, as torch does.
+* train_step: ``jax_impl.train.train_step``, the step users train with (gradient, clipping,
+  AdamW with its schedule, the same hyperparameters as torch's), with the loss above, all in
+  one function; compiled, it is one ``jax.jit`` executable, with the parameters and optimizer
+  state donated so that they are updated in place, as torch does.
 
 Compiled: ``jax.jit(f).lower(*args).compile()``, timed (tracing and lowering included).
 Eager: the same Python function called without ``jax.jit``; JAX then runs it op by op.
@@ -30,19 +31,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import jax_impl
+import jax_impl.train
 from benchmarks.harness import PeakRss, Workload, time_calls
 from benchmarks.peaks import MeasuredPeak, peak_matmul_size
 from benchmarks.suites import Case, variant_parts
 from shared.config import EncoderConfig
+from shared.training import TrainConfig
 
 __all__ = ["JaxRunner", "NativeModel", "build_model"]
 
 JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-OPTIMIZER = {"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.01}
+# every parameter trained (the key bias too), AdamW as in the training examples
+TRAIN = TrainConfig(learning_rate=1e-4, weight_decay=0.01, freeze_key_bias=False)
 
 
 def _native_module() -> Any | None:
@@ -86,6 +89,11 @@ def build_model(
 def _loss(graphdef, params, rest, ids):
     h = nnx.merge(graphdef, params, rest)(ids)  # (B, T, D)
     return jnp.mean(jnp.square(h.astype(jnp.float32)))
+
+
+def square_loss(model: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, None]:
+    """The benchmarks' stand-in loss for ``train_step``: ``sum(h**2)`` over float32 states."""
+    return jnp.sum(jnp.square(model(batch["input_ids"]).astype(jnp.float32))), None
 
 
 class JaxRunner:
@@ -189,12 +197,25 @@ class JaxRunner:
                 return jax.grad(_loss, argnums=1)(graphdef, params, rest, ids)
 
             return forward_backward, (params, rest, ids), ()
-        tx = optax.adamw(**OPTIMIZER)
+        tx = jax_impl.train.make_optimizer(TRAIN)
+        trainable = jax_impl.train.trainable_filter(TRAIN)
+        n_targets = jnp.float32(ids.size * params["embeddings"]["token"]["embedding"].shape[1])
 
         def train_step(params, opt_state, rest, ids):
-            loss, grads = jax.value_and_grad(_loss, argnums=1)(graphdef, params, rest, ids)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            # dropout is 0 in every preset: the new ``rest`` (RNG counters) is not threaded
+            params, _, opt_state, loss, _ = jax_impl.train.train_step(
+                graphdef,
+                trainable,
+                tx,
+                TRAIN.max_grad_norm,
+                params,
+                rest,
+                opt_state,
+                [{"input_ids": ids}],
+                n_targets,
+                loss_fn=square_loss,
+            )
+            return params, opt_state, loss
 
         return train_step, (params, tx.init(params), rest, ids), (0, 1)
 

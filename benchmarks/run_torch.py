@@ -7,9 +7,12 @@ negligible; there is no task head):
 * forward: eval mode under ``torch.no_grad()`` (so ``nn.TransformerEncoder`` may take its
   inference fast path);
 * forward_backward: train mode, ``zero_grad(set_to_none=True)``, loss, ``backward()``;
-* train_step: the same, then ``torch.optim.AdamW.step()``. Compiled, the whole function
-  (forward, loss, backward, optimizer) goes to ``torch.compile``; Dynamo breaks the graph
-  at ``backward()`` and compiles the forward (with its AOT backward) and the optimizer step.
+* train_step: ``torch_impl.train.train_step``, the step users train with (zero_grad, loss,
+  backward, gradient clipping, AdamW, schedule), with the loss above. The learning rate is
+  held constant: a float that changes every update would recompile ``torch.compile``'s
+  optimizer step each time. Compiled, the whole function goes to ``torch.compile``; Dynamo
+  breaks the graph at ``backward()`` and compiles the forward (with its AOT backward) and
+  the optimizer step.
 
 Compiled modes use ``torch.compile(fn, dynamic=False)``: one static-shape compilation per
 shape, as a sequence sweep then compiles per shape (and the rows say so).
@@ -30,15 +33,18 @@ import torch
 from torch import nn
 
 import torch_impl
+import torch_impl.train
 from benchmarks.harness import PeakRss, Workload, time_calls, timed
 from benchmarks.peaks import MeasuredPeak, peak_matmul_size
 from benchmarks.suites import Case, variant_parts
 from shared.config import EncoderConfig
+from shared.training import TrainConfig
 
 __all__ = ["NativeModel", "TorchRunner", "build_model"]
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-OPTIMIZER = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+# every parameter trained (the key bias too), AdamW as in the training examples
+TRAIN = TrainConfig(learning_rate=1e-4, weight_decay=0.01, freeze_key_bias=False)
 
 # aten operators that name the attention kernel that ran (seen by torch.profiler)
 _KERNELS = (
@@ -208,17 +214,31 @@ class TorchRunner:
             return forward
 
         model.train()  # dropout is 0 in every preset: train mode changes no numbers
-        optimizer = None
         if phase == "train_step":
-            optimizer = torch.optim.AdamW(model.parameters(), **OPTIMIZER)
+            params = torch_impl.train.trainable_parameters(model, TRAIN)
+            optimizer, _ = torch_impl.train.make_optimizer(params, TRAIN)
+            constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
             _initialise_state(model, optimizer)
+            n_targets = float(ids.numel() * model_width(model))
+
+            def train_step() -> torch.Tensor:
+                loss, _ = torch_impl.train.train_step(
+                    model,
+                    optimizer,
+                    constant,
+                    TRAIN.max_grad_norm,
+                    [{"input_ids": ids}],
+                    n_targets,
+                    loss_fn=square_loss,
+                )
+                return loss
+
+            return train_step
 
         def step() -> torch.Tensor:
             model.zero_grad(set_to_none=True)
             loss = model(ids).float().square().mean()
             loss.backward()
-            if optimizer is not None:
-                optimizer.step()
             return loss
 
         return step
@@ -271,6 +291,16 @@ class TorchRunner:
         if case.backend == "math":
             return "inductor" if case.mode == "compiled" else "matmul+softmax"
         return "unknown"
+
+
+def square_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+    """The benchmarks' stand-in loss for ``train_step``: ``sum(h**2)`` over float32 states."""
+    return model(batch["input_ids"]).float().square().sum(), None
+
+
+def model_width(model: nn.Module) -> int:
+    """D of a benchmarked model (ours or the native stack): the hidden states' last axis."""
+    return model.embeddings.token.weight.shape[1]
 
 
 def _initialise_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
 import jax_impl
+import jax_impl.precision
 import torch_impl
 from shared.positional import sinusoidal
 
@@ -104,7 +104,7 @@ def attention_of_layer(
             None if types is None else torch.from_numpy(types),
             return_attention=True,
         )
-    with jax.default_matmul_precision("highest"):
+    with jax_impl.precision.matmul_precision("float32"):
         _, attn_j = jm(
             jnp.asarray(ids),
             jnp.asarray(mask),

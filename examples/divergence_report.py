@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 import jax_impl
+import jax_impl.precision
 import torch_impl
+import torch_impl.precision
 from shared import reference
 from shared import weights as v1
 from shared.config import ACTIVATIONS, EncoderConfig
@@ -107,31 +109,14 @@ def make_inputs(
 @contextlib.contextmanager
 def precision_scope(mode: str) -> Iterator[None]:
     """Set both frameworks' matmul precision (and JAX's dtype promotion) for ``mode``."""
-    saved = (
-        torch.get_float32_matmul_precision(),
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-    )
-    if mode == "float32-default":  # PyTorch's defaults, and JAX's (None: the platform's)
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = True
-        jax_precision = None
-    else:
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        jax_precision = "highest"
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(jax.default_matmul_precision(jax_precision))
-            if mode == "bfloat16":  # Flax's LayerNorm promotes bfloat16 with float32
-                stack.enter_context(jax.numpy_dtype_promotion("standard"))
-            yield
-    finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cuda.matmul.allow_tf32 = saved[1]
-        torch.backends.cudnn.allow_tf32 = saved[2]
+    # float32-default: each framework's own defaults (JAX's: the platform's).
+    precision = "default" if mode == "float32-default" else "float32"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_impl.precision.matmul_precision(precision))
+        stack.enter_context(jax_impl.precision.matmul_precision(precision))
+        if mode == "bfloat16":  # Flax's LayerNorm promotes bfloat16 with float32
+            stack.enter_context(jax.numpy_dtype_promotion("standard"))
+        yield
 
 
 def _numpy(x: torch.Tensor | jax.Array) -> np.ndarray:

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from flax import nnx
 
+import jax_impl.precision
 import jax_impl.train as jt
+import torch_impl.precision
 import torch_impl.train as tt
 from shared.config import EncoderConfig
 from shared.data import TASKS, Dataset, TaskConfig, majority_accuracy
@@ -171,9 +173,8 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> dict
     task, cfg, train = configs(args)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    jax.config.update("jax_default_matmul_precision", "highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    jax_impl.precision.set_matmul_precision("float32")
+    torch_impl.precision.set_matmul_precision("float32")
     args.out.mkdir(parents=True, exist_ok=True)
 
     # The same initial weights: built in PyTorch (seeded), transferred to JAX.

@@ -206,7 +206,7 @@ class MultiHeadAttention(nnx.Module):
             The three combine (logical and).
         """
         context = x if context is None else context
-        b, t, d = x.shape
+        b, t, _ = x.shape
         s = context.shape[1]
         h, hd = self.n_heads, self.head_dim
         if mask is not None:
@@ -214,10 +214,11 @@ class MultiHeadAttention(nnx.Module):
         if key_padding_mask is not None:
             check_key_padding_mask(tuple(key_padding_mask.shape), key_padding_mask.dtype.kind, b, s)
 
-        # 1. Project, and split the feature axis into heads.
-        q = self.q(x).reshape(b, t, h, hd).swapaxes(1, 2)  # (B, H, T, hd)
-        k = self.k(context).reshape(b, s, h, hd).swapaxes(1, 2)  # (B, H, S, hd)
-        v = self.v(context).reshape(b, s, h, hd).swapaxes(1, 2)  # (B, H, S, hd)
+        # 1. Project, and split the feature axis into heads. The head count comes from the
+        #    tensor: under tensor parallelism a device holds only its H / M local heads.
+        q = self.q(x).reshape(b, t, -1, hd).swapaxes(1, 2)  # (B, H, T, hd)
+        k = self.k(context).reshape(b, s, -1, hd).swapaxes(1, 2)  # (B, H, S, hd)
+        v = self.v(context).reshape(b, s, -1, hd).swapaxes(1, 2)  # (B, H, S, hd)
 
         # 2. Attend, in every head at once.
         masks = {"key_padding_mask": key_padding_mask, "is_causal": is_causal}
@@ -228,7 +229,7 @@ class MultiHeadAttention(nnx.Module):
             out, weights = self.attend(q, k, v, mask, **masks), None
 
         # 3. Concatenate the heads and project back.
-        out = out.swapaxes(1, 2).reshape(b, t, d)  # (B, T, D)
+        out = out.swapaxes(1, 2).reshape(b, t, -1)  # (B, T, D), or (B, T, D / M) per device
         out = self.out(out)
         return (out, weights) if return_attention else out
 

@@ -265,14 +265,14 @@ class TransformerEncoder(nnx.Module):
             ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
             ``(h, attentions, hidden_states)``, as requested.
         """
+        check_inputs(
+            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
+        )
         input_ids = jnp.asarray(input_ids)
         if attention_mask is not None:
             attention_mask = jnp.asarray(attention_mask)
         if token_type_ids is not None:
             token_type_ids = jnp.asarray(token_type_ids)
-        check_inputs(
-            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
-        )
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         key_padding_mask = None if attention_mask is None else attention_mask.astype(bool)  # (B, T)
         x, attentions, hidden_states = self.encoder(
@@ -290,10 +290,24 @@ class TransformerEncoder(nnx.Module):
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _values(x: jax.Array | None) -> np.ndarray | Spec | None:
-    """Concrete values for validation, or only shape and kind while jax.jit traces."""
+def _values(x) -> np.ndarray | Spec | None:
+    """What validation may read of an argument: its values only when they are on the host.
+
+    Shapes and dtypes are always checked. Values (id ranges, 0/1 masks) are checked only for
+    host arrays: NumPy arrays, lists and JAX arrays on one CPU device. An array on an
+    accelerator or sharded over several devices gives only its shape and kind, so a call
+    never waits on the device or gathers a sharded input onto one host; neither does a call
+    while ``jax.jit`` traces.
+    """
     if x is None:
         return None
-    if isinstance(x, jax.core.Tracer):
+    if not isinstance(x, jax.Array):
+        return np.asarray(x)
+    if isinstance(x, jax.core.Tracer) or not _on_one_cpu(x):
         return Spec(tuple(x.shape), x.dtype.kind)
     return np.asarray(x)
+
+
+def _on_one_cpu(x: jax.Array) -> bool:
+    devices = x.sharding.device_set
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"

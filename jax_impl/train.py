@@ -218,23 +218,28 @@ def train_step(
     opt_state: optax.OptState,
     micro_batches: list[dict[str, jax.Array]],
     n_targets: jax.Array,
+    *,
+    loss_fn: Callable[[nnx.Module, dict[str, jax.Array]], tuple] = loss_terms,
 ) -> tuple[nnx.State, nnx.State, optax.OptState, jax.Array, jax.Array]:
     """One optimizer update from ``micro_batches``: new state, mean loss, gradient norm.
+
+    ``loss_fn(model, batch)`` gives ``(summed loss, anything)``; :func:`loss_terms` by default
+    (the benchmarks pass a loss on the encoder's hidden states).
 
     A pure function of the model's state (``params``: the parameters to train, selected by
     the ``trainable`` filter; ``rest``: frozen parameters, dropout RNG counters, constants),
     to run under ``jax.jit`` with the first four arguments bound.
     """
 
-    def loss_fn(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]):
+    def micro_loss_fn(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]):
         # copy=True: fresh Variables in this trace, so that dropout may advance its RNG
         # counters here (the arguments' Variables belong to the enclosing jit trace).
         model = nnx.merge(graphdef, params, rest, copy=True)
-        loss_sum, _ = loss_terms(model, batch)
+        loss_sum, _ = loss_fn(model, batch)
         _, _, rest = nnx.split(model, trainable, ...)  # dropout advanced its RNG counters
         return loss_sum / n_targets, rest
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(micro_loss_fn, has_aux=True)
     grads = jax.tree.map(jnp.zeros_like, params)
     loss = 0.0
     for batch in micro_batches:  # unrolled under jit: one trace per micro-batch

@@ -16,14 +16,15 @@ import jax
 import pytest
 import torch
 
+import jax_impl.precision
+import torch_impl.precision
+
 # Parity needs true float32 matmuls: JAX defaults to TF32 on recent NVIDIA GPUs and to
 # bfloat16 passes on TPU; PyTorch may allow TF32. Strict JAX catches silent promotions.
-jax.config.update("jax_default_matmul_precision", "highest")
+jax_impl.precision.set_matmul_precision("float32")
+torch_impl.precision.set_matmul_precision("float32")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
-torch.backends.cuda.matmul.allow_tf32 = False
-torch.backends.cudnn.allow_tf32 = False
-torch.set_float32_matmul_precision("highest")
 
 DEVICES = ("cpu", "gpu", "tpu")
 

@@ -24,6 +24,7 @@ import jax_impl
 import torch_impl
 from parity_tests.helpers import build_pair, random_weights, to_numpy
 from shared import BACKENDS, EncoderConfig, reference
+from shared.inputs import Spec, check_inputs
 from shared.tolerances import assert_close, tolerance
 
 # ---------------------------------------------------------------------------------------------
@@ -333,14 +334,31 @@ def test_bad_call_argument_names_what_was_expected_and_got(fw, args, error, mess
         fw.call(model, args.get("ids", _ids()), args.get("mask"), args.get("types"))
 
 
-def test_jax_checks_id_values_eagerly_whatever_the_integer_dtype():
-    """``jnp.take`` would fill or clamp out-of-range ids silently; eager calls check the values,
-    whichever integer dtype comes in (NumPy int64, uint8, JAX int32)."""
+def test_jax_checks_id_values_of_host_arrays_whatever_the_integer_dtype():
+    """``jnp.take`` would fill or clamp out-of-range ids silently; eager calls check the values
+    of host arrays (NumPy int64, uint8, a list, a JAX int32 array on one CPU device), whichever
+    integer dtype comes in. Arrays sharded over devices are checked for shape and dtype only
+    (test_parallel.py shows it)."""
     model = Framework("jax").model(CFG)
     ids = np.full((B, T), 25)
-    for array in (ids, ids.astype(np.uint8), jnp.asarray(ids, dtype=jnp.int32)):
+    host = (ids, ids.astype(np.uint8), ids.tolist(), jax.device_put(ids.astype(np.int32)))
+    for array in host:
         with pytest.raises(ValueError, match=re.escape("got min 25, max 25")):
             model(array)
+
+
+def test_torch_reads_values_of_host_tensors_only_and_shapes_of_any():
+    """Values are read only from NumPy arrays, lists and CPU tensors; for any other device
+    (here the ``meta`` device, which holds no values at all, so a read would raise) validation
+    sees the shape and dtype kind, which are still checked. A CUDA tensor or a DTensor is
+    treated alike, so a call never waits on the device nor gathers a sharded input."""
+    ids = np.full((B, T), 25)
+    for host in (ids, ids.tolist(), torch.as_tensor(ids)):
+        assert isinstance(torch_impl.encoder._values(host), np.ndarray)
+    on_device = torch.full((B, T), 25, device="meta")
+    assert torch_impl.encoder._values(on_device) == Spec((B, T), "i")
+    with pytest.raises(ValueError, match=re.escape("got shape (5,)")):
+        check_inputs(CFG, torch_impl.encoder._values(on_device[0]))
 
 
 # ---------------------------------------------------------------------------------------------

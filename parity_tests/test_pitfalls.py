@@ -2,15 +2,20 @@
 versions and shown to be handled by this project. (More in test_masks, test_native,
 test_training and test_parity; the README's table says which test pins which trap.)"""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from flax import nnx
 from torch import nn
 
 import jax_impl
+import jax_impl.precision
 import torch_impl
+import torch_impl.precision
 from parity_tests.helpers import build_pair, make_inputs, random_weights, to_numpy
 from shared import EncoderConfig, reference
 from shared.tolerances import assert_close, tolerance
@@ -69,6 +74,27 @@ def test_parity_runs_with_full_float32_matmul_precision_in_both_frameworks():
     assert jax.config.jax_default_matmul_precision == "highest"
     assert torch.backends.cuda.matmul.allow_tf32 is False
     assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_precision_helpers_set_each_mode_and_restore_the_previous_flags():
+    """One helper per framework sets the flags that tests, benchmarks and examples rely on."""
+    with (
+        jax_impl.precision.matmul_precision("tf32") as jax_flags,
+        torch_impl.precision.matmul_precision("tf32") as torch_flags,
+    ):
+        assert jax_flags == {"jax_default_matmul_precision": "tensorfloat32"}
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32"
+        assert torch_flags == {
+            "torch_cuda_matmul_allow_tf32": True,
+            "torch_cudnn_allow_tf32": True,
+            "torch_float32_matmul_precision": "high",
+        }
+    assert jax.config.jax_default_matmul_precision == "highest"
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.get_float32_matmul_precision() == "highest"
+    with pytest.raises(ValueError, match=re.escape("mode='fp32' must be one of")):
+        torch_impl.precision.set_matmul_precision("fp32")
 
 
 def test_pytorch_is_causal_without_a_mask_is_silently_not_causal():

@@ -181,7 +181,7 @@ class MultiHeadAttention(nn.Module):
             The three combine (logical and).
         """
         context = x if context is None else context
-        b, t, d = x.shape
+        b, t, _ = x.shape
         s = context.shape[1]
         h, hd = self.n_heads, self.head_dim
         if mask is not None:
@@ -191,10 +191,11 @@ class MultiHeadAttention(nn.Module):
                 tuple(key_padding_mask.shape), dtype_kind(key_padding_mask), b, s
             )
 
-        # 1. Project, and split the feature axis into heads.
-        q = self.q(x).view(b, t, h, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k(context).view(b, s, h, hd).transpose(1, 2)  # (B, H, S, hd)
-        v = self.v(context).view(b, s, h, hd).transpose(1, 2)  # (B, H, S, hd)
+        # 1. Project, and split the feature axis into heads. The head count comes from the
+        #    tensor: under tensor parallelism a device holds only its H / M local heads.
+        q = self.q(x).view(b, t, -1, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k(context).view(b, s, -1, hd).transpose(1, 2)  # (B, H, S, hd)
+        v = self.v(context).view(b, s, -1, hd).transpose(1, 2)  # (B, H, S, hd)
 
         # 2. Attend, in every head at once.
         masks = {"key_padding_mask": key_padding_mask, "is_causal": is_causal}
@@ -205,7 +206,7 @@ class MultiHeadAttention(nn.Module):
             out, weights = self.attend(q, k, v, mask, **masks), None
 
         # 3. Concatenate the heads and project back.
-        out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, D), or (B, T, D / M) per device
         out = self.out(out)
         return (out, weights) if return_attention else out
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs
@@ -249,15 +250,15 @@ class TransformerEncoder(nn.Module):
             ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
             ``(h, attentions, hidden_states)``, as requested.
         """
+        check_inputs(
+            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
+        )
         device = self.embeddings.token.weight.device
         input_ids = torch.as_tensor(input_ids, device=device)
         if attention_mask is not None:
             attention_mask = torch.as_tensor(attention_mask, device=device)
         if token_type_ids is not None:
             token_type_ids = torch.as_tensor(token_type_ids, device=device)
-        check_inputs(
-            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
-        )
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         key_padding_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
         x, attentions, hidden_states = self.encoder(
@@ -275,10 +276,18 @@ class TransformerEncoder(nn.Module):
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _values(x: torch.Tensor | None) -> np.ndarray | Spec | None:
-    """Concrete values for validation, or only shape and kind while torch.compile traces."""
+def _values(x) -> np.ndarray | Spec | None:
+    """What validation may read of an argument: its values only when they are on the host.
+
+    Shapes and dtypes are always checked. Values (id ranges, 0/1 masks) are checked only for
+    host arrays: NumPy arrays, lists and CPU tensors. A CUDA tensor or a DTensor gives only
+    its shape and kind, so a call never waits on the device or gathers a sharded input onto
+    one host; neither does a call while ``torch.compile`` traces.
+    """
     if x is None:
         return None
-    if torch.compiler.is_compiling():
+    if not isinstance(x, torch.Tensor):
+        return np.asarray(x)
+    if torch.compiler.is_compiling() or isinstance(x, DTensor) or x.device.type != "cpu":
         return Spec(tuple(x.shape), dtype_kind(x))
-    return x.detach().cpu().numpy()
+    return x.detach().numpy()

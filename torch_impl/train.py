@@ -18,9 +18,12 @@ Notation: B batch, T sequence length, D d_model, C classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from shared.config import EncoderConfig
 from shared.data import Batch, TaskConfig, count_targets
@@ -192,8 +195,20 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
 
     This is ``torch.nn.utils.clip_grad_norm_``, including its ``+ 1e-6``
     (``optax.clip_by_global_norm`` divides by the norm alone); ``jax_impl`` writes it out.
+    A sharded model (``torch_impl.parallel``) holds DTensor gradients on different meshes,
+    which ``clip_grad_norm_`` cannot stack: each gradient's norm is then made whole
+    (``full_tensor``, a collective) before the same formula.
     """
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norms = [torch.linalg.vector_norm(g) for g in grads]
+    norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0).item()  # float32, exactly
+    for g in grads:
+        g.mul_(scale)
+    return total
 
 
 def train_step(
@@ -202,13 +217,19 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
     micro_batches: list[dict[str, torch.Tensor]],
-    n_targets: int,
+    n_targets: float,
+    *,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple] = loss_terms,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer update from ``micro_batches``: ``(mean loss, gradient norm before clipping)``."""
+    """One optimizer update from ``micro_batches``: ``(mean loss, gradient norm before clipping)``.
+
+    ``loss_fn(model, batch)`` gives ``(summed loss, anything)``; :func:`loss_terms` by default
+    (the benchmarks pass a loss on the encoder's hidden states).
+    """
     optimizer.zero_grad(set_to_none=True)
     loss = 0.0
     for batch in micro_batches:
-        loss_sum, _ = loss_terms(model, batch)
+        loss_sum, _ = loss_fn(model, batch)
         micro_loss = loss_sum / n_targets
         micro_loss.backward()  # accumulates into .grad
         loss = loss + micro_loss.detach()

@@ -1,0 +1,115 @@
+"""Many devices in JAX: a ("data", "model") mesh and the shared plan as ``NamedSharding``.
+
+Mirrors ``torch_impl/parallel.py``. Three steps, as in PyTorch::
+
+    mesh = parallel.make_mesh(data=2, model=2)
+    parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
+    h = model(parallel.place_batch(input_ids, mesh))  # the global batch, split over "data"
+
+``parallelize`` gives every ``nnx.Param`` the ``NamedSharding`` that ``shared/parallel.py``
+names for it (parameters outside the encoder, such as a task head, are replicated); ``jit``
+and the compiler's sharding propagation do the rest (the mesh's axes are ``AxisType.Auto``).
+The optimizer state created from sharded parameters (``optax`` ``init``) takes their
+sharding. Gradients of the mean over the global batch are the averages over "data".
+
+JAX takes the global batch: :func:`place_batch` puts it on the mesh, split along "data".
+Dropout draws the same masks as on one device (the partitionable threefry generator, JAX's
+default, makes random bits independent of the sharding).
+
+The device count is fixed when JAX starts: on a CPU, several host devices need
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from jax_impl.encoder import TransformerEncoder
+from jax_impl.weights import from_weights, parameter_table
+from shared import parallel as plan
+from shared import weights as v1
+
+__all__ = ["export_weights", "load", "make_mesh", "parallelize", "place_batch", "save"]
+
+
+def make_mesh(*, data: int = 1, model: int = 1) -> Mesh:
+    """A (data, model) mesh over the first ``data * model`` devices, axes named as the plan's."""
+    devices = jax.devices()
+    plan.check_mesh(plan.AXES, (data, model), [str(d) for d in devices])
+    return jax.make_mesh(
+        (data, model),
+        plan.AXES,
+        axis_types=(AxisType.Auto,) * 2,  # jax.make_mesh defaults to Explicit axes
+        devices=devices[: data * model],
+    )
+
+
+def parallelize(model: nnx.Module, mesh: Mesh, *, fsdp: bool = False) -> nnx.Module:
+    """Shard ``model``'s parameters over ``mesh`` by the shared plan, in place; returns it.
+
+    ``model`` is a :class:`~jax_impl.encoder.TransformerEncoder` or a module holding one as
+    ``.encoder`` (the task models of ``jax_impl/train.py``).
+    """
+    encoder = model if isinstance(model, TransformerEncoder) else model.encoder
+    _check(encoder, mesh)
+    data, tp = mesh.shape["data"], mesh.shape["model"]
+    replicated = NamedSharding(mesh, PartitionSpec())
+    for _, param in nnx.iter_graph(model):
+        if isinstance(param, nnx.Param):
+            param.set_value(jax.device_put(param.get_value(), replicated))
+    for name, param, _ in parameter_table(encoder):
+        axes = plan.spec(name, param.shape, fsdp=fsdp, data=data, model=tp)
+        sharding = NamedSharding(mesh, PartitionSpec(*axes))
+        param.set_value(jax.device_put(param.get_value(), sharding))
+    return model
+
+
+def _check(encoder: TransformerEncoder, mesh: Mesh) -> None:
+    if tuple(mesh.axis_names) != plan.AXES:
+        raise ValueError(f"mesh axes must be {plan.AXES}, got {tuple(mesh.axis_names)}")
+    plan.check_model_split(encoder.config, mesh.shape["model"])
+
+
+def place_batch(batch, mesh: Mesh):
+    """Put a global batch (an array or a dict of arrays, batch first) on ``mesh``, split along
+    "data" and replicated along "model"."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+
+    def place(x) -> jax.Array:
+        plan.check_batch(np.shape(x)[0], mesh.shape["data"])
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(place, batch)
+
+
+def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
+    """Full format-v1 arrays of a sharded (or unsharded) model, exact, on every process."""
+    out = {}
+    for name, param, transposed in parameter_table(model):
+        x = param.get_value()
+        if not x.is_fully_addressable:  # several hosts: every process takes part
+            x = multihost_utils.process_allgather(x, tiled=True)
+        a = np.asarray(x.astype(np.float32) if x.dtype.itemsize < 4 else x)
+        out[name] = np.array(a.T if transposed else a, order="C")
+    return out
+
+
+def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
+    """One format-v1 file, written once (by process 0), atomically. Every process calls it."""
+    weights = export_weights(model)
+    if jax.process_index() == 0:
+        v1.save_file(path, weights, model.config)
+
+
+def load(
+    path: str | os.PathLike, mesh: Mesh, *, fsdp: bool = False, backend: str = "math"
+) -> TransformerEncoder:
+    """A format-v1 checkpoint (from either framework) loaded straight onto ``mesh``."""
+    weights, cfg = v1.load_file(path)
+    return parallelize(from_weights(weights, cfg, backend=backend), mesh, fsdp=fsdp)

@@ -1,0 +1,45 @@
+"""Float32 matmul precision in JAX: one place that sets it (mirrors ``torch_impl/precision.py``).
+
+Parity needs true float32 matmuls. JAX's default precision is TF32 on recent NVIDIA GPUs and
+bfloat16 passes on TPUs (``"highest"`` stops both); PyTorch computes float32 unless TF32 is
+allowed, so tests, benchmarks and examples set both frameworks through these two helpers.
+
+Modes: ``"float32"`` (``jax_default_matmul_precision="highest"``), ``"tf32"``
+(``"tensorfloat32"``, for benchmarks that compare both frameworks at TF32), ``"default"``
+(the platform's own default, ``None``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import jax
+
+__all__ = ["MODES", "matmul_precision", "set_matmul_precision", "settings"]
+
+MODES = ("float32", "tf32", "default")
+_CONFIG = {"float32": "highest", "tf32": "tensorfloat32", "default": None}
+
+
+def settings() -> dict[str, object]:
+    """The precision flags as they are now, named as benchmark records name them."""
+    return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+
+
+def set_matmul_precision(mode: str = "float32") -> dict[str, object]:
+    """Set the float32 matmul precision for the whole process; returns :func:`settings`."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} must be one of {MODES}")
+    jax.config.update("jax_default_matmul_precision", _CONFIG[mode])
+    return settings()
+
+
+@contextlib.contextmanager
+def matmul_precision(mode: str = "float32") -> Iterator[dict[str, object]]:
+    """:func:`set_matmul_precision` for a ``with`` block; the previous flags come back after."""
+    saved = settings()
+    try:
+        yield set_matmul_precision(mode)
+    finally:
+        jax.config.update("jax_default_matmul_precision", saved["jax_default_matmul_precision"])

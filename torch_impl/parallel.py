@@ -1,0 +1,247 @@
+"""Many devices in PyTorch: a ("data", "model") DeviceMesh and the shared plan through
+``torch.distributed`` (DTensor tensor parallelism, FSDP2, DDP).
+
+Mirrors ``jax_impl/parallel.py``. Three steps, as in JAX, in every process of the group::
+
+    mesh = parallel.make_mesh(data=2, model=2)
+    parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
+    h = model(parallel.slice_batch(input_ids, mesh))  # this data rank's rows of the batch
+
+``parallelize`` turns ``shared/parallel.py`` into a ``parallelize_module`` plan per encoder
+layer (``ColwiseParallel`` for column-split linears, ``RowwiseParallel`` for row-split ones,
+on the mesh's "model" axis), then, along "data", ``fully_shard`` (FSDP2) per layer and at
+the root when ``fsdp``, otherwise ``replicate`` (DDP). Embeddings, norms and a task head stay
+whole on every "model" rank.
+
+PyTorch feeds each data rank its own rows (its idiom): :func:`slice_batch` cuts them from a
+global batch. DDP and FSDP average the ranks' gradients, so each rank's loss must be its
+share of the global mean: with equal numbers of targets per rank (a per-sequence task, or
+equal real-token counts) the per-rank mean is that share; otherwise divide each rank's
+summed loss by ``global count / data``, not by its own count.
+
+Dropout: DTensor's random ops on a CPU mesh do not reproduce one device's masks (and on
+GPUs only DTensor ops go through its offset-based generator; our dropout sees local
+tensors), so sharded dropout is not the one-device dropout; only its rate is.
+
+Processes: :func:`launch` starts one per rank (gloo on CPU, NCCL on GPUs) with a file://
+rendezvous; ``torchrun`` works too (it sets the environment ``init_process_group`` reads).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed._composable.replicate_with_fsdp import replicate
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from shared import parallel as plan
+from shared import weights as v1
+from torch_impl.encoder import TransformerEncoder
+from torch_impl.weights import from_weights, parameter_table
+
+__all__ = [
+    "export_weights",
+    "launch",
+    "load",
+    "make_mesh",
+    "parallelize",
+    "save",
+    "slice_batch",
+]
+
+STYLES = {plan.COLUMNS: ColwiseParallel, plan.ROWS: RowwiseParallel}
+
+
+def make_mesh(*, data: int = 1, model: int = 1) -> DeviceMesh:
+    """A (data, model) mesh over every process of the group, axes named as the plan's."""
+    _check_group("make_mesh")
+    world = dist.get_world_size()
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    present = [f"{device_type} rank {r}" for r in range(world)]
+    plan.check_mesh(plan.AXES, (data, model), present)
+    if data * model != world:
+        raise ValueError(
+            f"mesh data={data} x model={model} must use all {world} processes, got "
+            f"{data * model}: {', '.join(present)}"
+        )
+    return init_device_mesh(device_type, (data, model), mesh_dim_names=plan.AXES)
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool = False) -> nn.Module:
+    """Shard ``model`` over ``mesh`` by the shared plan, in place; returns it.
+
+    ``model`` is a :class:`~torch_impl.encoder.TransformerEncoder` or a module holding one as
+    ``.encoder`` (the task models of ``torch_impl/train.py``).
+    """
+    _check_group("parallelize")
+    encoder = model if isinstance(model, TransformerEncoder) else model.encoder
+    _check(encoder, mesh)
+    if mesh["model"].size() > 1:
+        for i, layer in enumerate(encoder.encoder.layers):
+            parallelize_module(layer, mesh["model"], layer_plan(encoder, i))
+    data_parallel = fully_shard if fsdp else replicate  # FSDP2, or its DDP twin
+    if fsdp or mesh["data"].size() > 1:
+        for layer in encoder.encoder.layers:
+            data_parallel(layer, mesh=mesh["data"])
+        data_parallel(model, mesh=mesh["data"])
+    return model
+
+
+def layer_plan(encoder: TransformerEncoder, i: int) -> dict[str, ColwiseParallel | RowwiseParallel]:
+    """The ``parallelize_module`` plan of layer ``i``, read from the shared table.
+
+    Module paths come from the parameters' format-v1 names: ``layers.0.ffn.in.weight`` is the
+    weight of ``encoder.encoder.layers[0].ffn.in_proj``.
+    """
+    layer = encoder.encoder.layers[i]
+    path_of = {id(p): name for name, p in layer.named_parameters()}
+    styles = {}
+    for name, param, _ in parameter_table(encoder):
+        how = plan.layout(name)
+        if name.startswith(f"layers.{i}.") and name.endswith(".weight") and how in STYLES:
+            module_path = path_of[id(param)].removesuffix(".weight")
+            styles[module_path] = STYLES[how]()
+    return styles
+
+
+def _check(encoder: TransformerEncoder, mesh: DeviceMesh) -> None:
+    if tuple(mesh.mesh_dim_names or ()) != plan.AXES:
+        raise ValueError(f"mesh axes must be {plan.AXES}, got {mesh.mesh_dim_names}")
+    plan.check_model_split(encoder.config, mesh["model"].size())
+
+
+def _check_group(what: str) -> None:
+    if not dist.is_initialized():
+        raise ValueError(
+            f"{what} needs a torch.distributed process group, got none: start the processes "
+            "with torch_impl.parallel.launch or torchrun (then dist.init_process_group)"
+        )
+
+
+def slice_batch(batch, mesh: DeviceMesh):
+    """This data rank's rows of a global batch (an array or a dict of arrays, batch first);
+    every "model" rank of a data rank gets the same rows. NumPy stays NumPy (the model and
+    ``Trainer.step`` move it to the device), tensors stay tensors."""
+    data, rank = mesh["data"].size(), mesh["data"].get_local_rank()
+
+    def cut(x):
+        plan.check_batch(x.shape[0], data)
+        rows = x.shape[0] // data
+        return x[rank * rows : (rank + 1) * rows]  # (B / data, ...)
+
+    if isinstance(batch, dict):
+        return {k: cut(v) for k, v in batch.items()}
+    return cut(batch)
+
+
+def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
+    """Full format-v1 arrays of a sharded (or unsharded) model, exact, on every rank.
+
+    A collective: every rank must call it (``DTensor.full_tensor`` gathers the shards).
+    """
+    out = {}
+    for name, param, transposed in parameter_table(model):
+        t = param.detach()
+        t = t.full_tensor() if isinstance(t, DTensor) else t
+        t = t.cpu()
+        t = t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+        a = t.numpy()
+        out[name] = np.array(a.T if transposed else a, order="C")
+    return out
+
+
+def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
+    """One format-v1 file, written once (by rank 0), atomically. Every rank calls it."""
+    weights = export_weights(model)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        v1.save_file(path, weights, model.config)
+    if dist.is_initialized():
+        dist.barrier()  # the file exists when save returns, on every rank
+
+
+def load(
+    path: str | os.PathLike, mesh: DeviceMesh, *, fsdp: bool = False, backend: str = "math"
+) -> TransformerEncoder:
+    """A format-v1 checkpoint (from either framework) loaded straight onto ``mesh``."""
+    weights, cfg = v1.load_file(path)
+    return parallelize(from_weights(weights, cfg, backend=backend), mesh, fsdp=fsdp)
+
+
+def launch(
+    fn: Callable[..., None], nprocs: int, *args, timeout_s: float = 300.0, backend: str = "gloo"
+) -> None:
+    """Run ``fn(rank, *args)`` in ``nprocs`` processes joined in one process group.
+
+    ``fn`` must be importable (a module-level function). If a rank raises, the others are
+    ended and a ``RuntimeError`` names the rank that failed first and its error (the others
+    then fail too, in the collectives that wait for it); if the ranks have not all finished
+    after ``timeout_s`` seconds, they are ended and a ``TimeoutError`` is raised.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        init = os.path.join(folder, "rendezvous")
+        context = mp.start_processes(
+            _run_rank,
+            args=(fn, nprocs, init, backend, timeout_s, args),
+            nprocs=nprocs,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
+        try:
+            while not context.join(timeout=1.0):
+                if datetime.datetime.now() > deadline:
+                    raise TimeoutError(f"{nprocs} ranks still running after {timeout_s} s")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+            raise RuntimeError(_first_failure(folder, error)) from None
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in context.processes:
+                process.join(timeout=10)
+
+
+def _first_failure(folder: str, error: Exception) -> str:
+    """The rank whose error came first, and its error, from the ranks' error files."""
+    reports = sorted(Path(folder).glob("error-*"), key=lambda f: f.stat().st_mtime_ns)
+    if not reports:
+        return f"rank {error.error_index} failed: {error}"
+    first = reports[0]
+    others = sorted(int(f.name.removeprefix("error-")) for f in reports[1:])
+    also = f" (then ranks {others} failed too)" if others else ""
+    return f"rank {first.name.removeprefix('error-')} failed{also}: {first.read_text()}"
+
+
+def _run_rank(rank, fn, world, init, backend, timeout_s, args) -> None:
+    dist.init_process_group(
+        backend,
+        init_method=f"file://{init}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    else:  # processes on one CPU share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    try:
+        fn(rank, *args)
+    except Exception as error:
+        report = Path(init).with_name(f"error-{rank}")
+        report.write_text(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        raise
+    finally:
+        dist.destroy_process_group()
