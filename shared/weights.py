@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import EncoderConfig
+from shared.layouts import CheckpointError, check_names
 
 __all__ = [
     "FORMAT",
@@ -43,10 +44,6 @@ __all__ = [
 FORMAT = "twin-encoder/1"
 
 Weights = dict[str, np.ndarray]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weight map that does not match format v1 or its config."""
 
 
 def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
@@ -83,19 +80,14 @@ def _norm(prefix: str, d: int) -> dict[str, tuple[int, ...]]:
 def validate(weights: Weights, cfg: EncoderConfig) -> None:
     """Raise :class:`CheckpointError` unless ``weights`` is exactly format v1 for ``cfg``."""
     expected = expected_shapes(cfg)
-    missing = [k for k in expected if k not in weights]
-    unexpected = sorted(k for k in weights if k not in expected)
-    if missing:
-        raise CheckpointError(
-            f"missing tensor {missing[0]!r} (expected shape {expected[missing[0]]})"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
-    if unexpected:
-        raise CheckpointError(
-            f"unexpected tensor {unexpected[0]!r} (shape {tuple(np.shape(weights[unexpected[0]]))})"
-            f" not in format v1 for this config"
-            + (f"; and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
-        )
+    check_names(
+        expected,
+        weights,
+        detail=lambda name: f" (expected shape {expected[name]})",
+        unexpected_detail=lambda name: (
+            f" (shape {tuple(np.shape(weights[name]))}) not in format v1 for this config"
+        ),
+    )
     for name, shape in expected.items():
         array = weights[name]
         found = tuple(np.shape(array))
