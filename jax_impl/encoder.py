@@ -2,7 +2,8 @@
 
 Mirrors ``torch_impl/encoder.py`` statement for statement.
 
-Notation: B batch, T sequence length, D d_model, F d_ff, V vocab_size, N n_layers.
+Notation: B batch, T sequence length, D d_model, E embedding width, F d_ff, V vocab_size,
+N n_layers.
 
 Initialisation (the same distributions in both implementations): linear weights Xavier
 uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zero.
@@ -37,10 +38,12 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def layer_norm(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(
+    cfg: EncoderConfig, dtype, rngs: nnx.Rngs, *, width: int | None = None
+) -> nnx.LayerNorm:
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
     return nnx.LayerNorm(
-        cfg.d_model,
+        width or cfg.d_model,
         epsilon=cfg.layer_norm_eps,
         use_fast_variance=False,
         param_dtype=dtype or jnp.float32,
@@ -51,7 +54,7 @@ def layer_norm(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def _embedding(rows: int, cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Embed:
     return nnx.Embed(
         rows,
-        cfg.d_model,
+        cfg.embed_width,
         embedding_init=nnx.initializers.normal(stddev=1.0),
         param_dtype=dtype or jnp.float32,
         rngs=rngs,
@@ -59,10 +62,12 @@ def _embedding(rows: int, cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Embe
 
 
 class Embeddings(nnx.Module):
-    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout.
+    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout, then
+    a projection E -> D if ``embed_dim`` (ELECTRA; the tables are E wide, else D).
 
     The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
-    Sinusoidal positions extend past ``max_len``; learned ones cannot.
+    Sinusoidal positions extend past ``max_len``; learned ones cannot. Positions are
+    0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
@@ -72,14 +77,17 @@ class Embeddings(nnx.Module):
             self.position = _embedding(cfg.max_len, cfg, dtype, rngs)
         else:
             self.position = None
-            table = sinusoidal(cfg.max_len, cfg.d_model)  # (max_len, D), float64
+            table = sinusoidal(cfg.max_len, cfg.embed_width)  # (max_len, E), float64
             table = jnp.asarray(table, dtype=dtype or jnp.float32)
             self.sinusoid = Constant(table)
         self.token_type = (
             _embedding(cfg.type_vocab_size, cfg, dtype, rngs) if cfg.type_vocab_size else None
         )
-        self.norm = layer_norm(cfg, dtype, rngs) if cfg.embed_norm else None
+        self.norm = layer_norm(cfg, dtype, rngs, width=cfg.embed_width) if cfg.embed_norm else None
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.project = (
+            linear(cfg.embed_dim, cfg.d_model, dtype=dtype, rngs=rngs) if cfg.embed_dim else None
+        )
 
     def positions(self, t: int) -> jax.Array:
         """(T, D) position vectors for positions 0..T-1."""
@@ -87,19 +95,35 @@ class Embeddings(nnx.Module):
             return self.position.embedding[:t]
         if t <= self.sinusoid.shape[0]:
             return self.sinusoid[:t]
-        table = sinusoidal(t, self.config.d_model)
+        table = sinusoidal(t, self.config.embed_width)
         return jnp.asarray(table, dtype=self.sinusoid.dtype)
+
+    def padded_positions(self, input_ids: jax.Array) -> jax.Array:
+        """(B, T) RoBERTa's position ids: real tokens count from pad + 1, pads sit at pad.
+
+        Computed from the ids, as transformers does (not from the attention mask), so that
+        left padding and pads inside a sequence give the same positions as there.
+        """
+        pad = self.config.position_pad_id
+        real = (input_ids != pad).astype(input_ids.dtype)  # (B, T)
+        return jnp.cumsum(real, axis=1) * real + pad
 
     def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
         t = input_ids.shape[1]
-        x = self.token(input_ids)  # (B, T, D)
-        x = x + self.positions(t)[None]  # (B, T, D) + (1, T, D)
+        x = self.token(input_ids)  # (B, T, E)
+        if self.config.position_pad_id is None:
+            x = x + self.positions(t)[None]  # (B, T, E) + (1, T, E)
+        else:
+            x = x + self.position(self.padded_positions(input_ids))  # (B, T, E)
         if self.token_type is not None:
             types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        x = self.dropout(x)
+        if self.project is not None:
+            x = self.project(x)  # (B, T, E) -> (B, T, D)
+        return x
 
 
 class FeedForward(nnx.Module):
@@ -255,6 +279,7 @@ class TransformerEncoder(nnx.Module):
         )
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         t = input_ids.shape[1]
+        is_causal = is_causal or self.config.causal
         mask = make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
         x, attentions, hidden_states = self.encoder(
             x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states

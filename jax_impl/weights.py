@@ -33,6 +33,8 @@ def parameter_table(model: TransformerEncoder) -> list[tuple[str, nnx.Param, str
         table.append(("embeddings.token_type.weight", emb.token_type.embedding, "copy"))
     if emb.norm is not None:
         table += _norm("embeddings.norm", emb.norm)
+    if emb.project is not None:
+        table += _linear("embeddings.project", emb.project)
     for i, layer in enumerate(enc.layers):
         p = f"layers.{i}"
         for name in ("q", "k", "v", "out"):

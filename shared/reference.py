@@ -4,7 +4,8 @@ Both implementations are tested against it. It reads format-v1 weights directly 
 weights (in, out), so every projection is ``x @ W + b``), and is slow on purpose: plain
 loops over layers, no fusion, every intermediate in float64.
 
-Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim, F d_ff.
+Notation: B batch, T query length, S key length, D d_model, E embedding width, H heads,
+hd head_dim, F d_ff.
 """
 
 from __future__ import annotations
@@ -122,11 +123,17 @@ def forward(
     input_ids = np.asarray(input_ids)
     _, t = input_ids.shape
 
-    x = w["embeddings.token.weight"][input_ids]  # (B, T, D), not scaled by sqrt(D)
-    if cfg.positional == "learned":
+    x = w["embeddings.token.weight"][input_ids]  # (B, T, E), not scaled by sqrt(D)
+    if cfg.position_pad_id is not None:  # RoBERTa: count the non-pad ids, pads at pad
+        real = input_ids != cfg.position_pad_id
+        x = (
+            x
+            + w["embeddings.position.weight"][np.cumsum(real, axis=1) * real + cfg.position_pad_id]
+        )
+    elif cfg.positional == "learned":
         x = x + w["embeddings.position.weight"][:t]
     else:
-        x = x + sinusoidal(t, cfg.d_model)
+        x = x + sinusoidal(t, cfg.embed_width)
     if cfg.type_vocab_size > 0:
         types = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids)
         x = x + w["embeddings.token_type.weight"][types]
@@ -134,8 +141,10 @@ def forward(
         x = layer_norm(
             x, w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
         )
+    if cfg.embed_dim:  # ELECTRA: E -> D
+        x = x @ w["embeddings.project.weight"] + w["embeddings.project.bias"]
 
-    mask = masks.make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
+    mask = masks.make_attention_mask(attention_mask, is_causal=is_causal or cfg.causal, q_len=t)
     if attn_mask is not None:
         mask = attn_mask if mask is None else mask & attn_mask
     eps = cfg.layer_norm_eps
@@ -186,7 +195,7 @@ def init_weights(cfg: EncoderConfig, seed: int = 0) -> dict[str, np.ndarray]:
                 if name.endswith("weight")
                 else (0.1 * rng.standard_normal(shape))
             )
-        elif name.startswith("embeddings."):  # embedding tables
+        elif name.startswith("embeddings.") and module != "project":  # embedding tables
             a = 0.5 * rng.standard_normal(shape)
         elif len(shape) == 2:  # linear weights (in, out)
             a = rng.standard_normal(shape) / math.sqrt(shape[0])

@@ -2,7 +2,8 @@
 
 Mirrors ``jax_impl/encoder.py`` statement for statement.
 
-Notation: B batch, T sequence length, D d_model, F d_ff, V vocab_size, N n_layers.
+Notation: B batch, T sequence length, D d_model, E embedding width, F d_ff, V vocab_size,
+N n_layers.
 
 Initialisation (the same distributions in both implementations): linear weights Xavier
 uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zero.
@@ -33,21 +34,25 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def layer_norm(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.LayerNorm:
-    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
+def layer_norm(
+    cfg: EncoderConfig, dtype: torch.dtype | None, *, width: int | None = None
+) -> nn.LayerNorm:
+    return nn.LayerNorm(width or cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
 
 
 def _embedding(rows: int, cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Embedding:
-    embedding = nn.Embedding(rows, cfg.d_model, dtype=dtype)
+    embedding = nn.Embedding(rows, cfg.embed_width, dtype=dtype)
     nn.init.normal_(embedding.weight, std=1.0)
     return embedding
 
 
 class Embeddings(nn.Module):
-    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout.
+    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout, then
+    a projection E -> D if ``embed_dim`` (ELECTRA; the tables are E wide, else D).
 
     The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
-    Sinusoidal positions extend past ``max_len``; learned ones cannot.
+    Sinusoidal positions extend past ``max_len``; learned ones cannot. Positions are
+    0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
@@ -58,14 +63,15 @@ class Embeddings(nn.Module):
             self.position = _embedding(cfg.max_len, cfg, dtype)
         else:
             self.position = None
-            table = sinusoidal(cfg.max_len, cfg.d_model)  # (max_len, D), float64
+            table = sinusoidal(cfg.max_len, cfg.embed_width)  # (max_len, E), float64
             table = torch.from_numpy(table).to(dtype or torch.get_default_dtype())
             self.register_buffer("sinusoid", table, persistent=False)
         self.token_type = (
             _embedding(cfg.type_vocab_size, cfg, dtype) if cfg.type_vocab_size else None
         )
-        self.norm = layer_norm(cfg, dtype) if cfg.embed_norm else None
+        self.norm = layer_norm(cfg, dtype, width=cfg.embed_width) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
+        self.project = linear(cfg.embed_dim, cfg.d_model, dtype=dtype) if cfg.embed_dim else None
 
     def positions(self, t: int) -> torch.Tensor:
         """(T, D) position vectors for positions 0..T-1."""
@@ -73,21 +79,37 @@ class Embeddings(nn.Module):
             return self.position.weight[:t]
         if t <= self.sinusoid.shape[0]:
             return self.sinusoid[:t]
-        table = torch.from_numpy(sinusoidal(t, self.config.d_model))
+        table = torch.from_numpy(sinusoidal(t, self.config.embed_width))
         return table.to(device=self.sinusoid.device, dtype=self.sinusoid.dtype)
+
+    def padded_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) RoBERTa's position ids: real tokens count from pad + 1, pads sit at pad.
+
+        Computed from the ids, as transformers does (not from the attention mask), so that
+        left padding and pads inside a sequence give the same positions as there.
+        """
+        pad = self.config.position_pad_id
+        real = (input_ids != pad).long()  # (B, T)
+        return torch.cumsum(real, dim=1) * real + pad
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         t = input_ids.shape[1]
-        x = self.token(input_ids)  # (B, T, D)
-        x = x + self.positions(t)[None]  # (B, T, D) + (1, T, D)
+        x = self.token(input_ids)  # (B, T, E)
+        if self.config.position_pad_id is None:
+            x = x + self.positions(t)[None]  # (B, T, E) + (1, T, E)
+        else:
+            x = x + self.position(self.padded_positions(input_ids))  # (B, T, E)
         if self.token_type is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        x = self.dropout(x)
+        if self.project is not None:
+            x = self.project(x)  # (B, T, E) -> (B, T, D)
+        return x
 
 
 class FeedForward(nn.Module):
@@ -240,6 +262,7 @@ class TransformerEncoder(nn.Module):
         )
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         t = input_ids.shape[1]
+        is_causal = is_causal or self.config.causal
         mask = make_attention_mask(attention_mask, is_causal=is_causal, q_len=t, device=device)
         x, attentions, hidden_states = self.encoder(
             x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
