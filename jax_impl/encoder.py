@@ -18,10 +18,17 @@ from flax import nnx
 
 from jax_impl.attention import MultiHeadAttention, linear, make_attention_mask
 from shared.config import EncoderConfig
-from shared.inputs import Spec, check_inputs
+from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
 
-__all__ = ["Embeddings", "Encoder", "EncoderLayer", "FeedForward", "TransformerEncoder"]
+__all__ = [
+    "Embeddings",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "PatchEmbeddings",
+    "TransformerEncoder",
+]
 
 
 class Constant(nnx.Variable):
@@ -61,6 +68,35 @@ def _embedding(rows: int, cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Embe
     )
 
 
+def _class_token(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Param:
+    shape = (1, cfg.d_model)  # (1, D), N(0, 1)
+    return nnx.Param(jax.random.normal(rngs.params(), shape, dtype or jnp.float32))
+
+
+class PatchEmbeddings(nnx.Module):
+    """ViT's front end: each P x P patch of a (B, C, H, W) image, flattened, times W + b.
+
+    transformers writes it as a Conv2d with kernel = stride = P; that is this matmul. The
+    weight is kept (C, P, P, D), as the checkpoint stores it.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        self.patch_size = cfg.patch_size
+        c, p, d = cfg.num_channels, cfg.patch_size, cfg.d_model
+        init = nnx.initializers.xavier_uniform()
+        weight = init(rngs.params(), (c * p * p, d), dtype or jnp.float32)
+        self.weight = nnx.Param(weight.reshape(c, p, p, d))
+        self.bias = nnx.Param(jnp.zeros((d,), dtype or jnp.float32))
+
+    def __call__(self, pixel_values: jax.Array) -> jax.Array:
+        """(B, C, H, W) -> (B, N, D), patches in row-major order over the grid."""
+        b, c, h, w = pixel_values.shape
+        p = self.patch_size
+        x = pixel_values.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+        x = x.reshape(b, (h // p) * (w // p), c * p * p)  # (B, N, C*P*P)
+        return x @ self.weight[...].reshape(c * p * p, -1) + self.bias[None, None]  # (B, N, D)
+
+
 class Embeddings(nnx.Module):
     """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout, then
     a projection E -> D if ``embed_dim`` (ELECTRA; the tables are E wide, else D).
@@ -72,7 +108,9 @@ class Embeddings(nnx.Module):
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
         self.config = cfg
-        self.token = _embedding(cfg.vocab_size, cfg, dtype, rngs)
+        self.token = None if cfg.image_size else _embedding(cfg.vocab_size, cfg, dtype, rngs)
+        self.patch = PatchEmbeddings(cfg, dtype=dtype, rngs=rngs) if cfg.image_size else None
+        self.class_token = _class_token(cfg, dtype, rngs) if cfg.image_size else None
         if cfg.positional == "learned":
             self.position = _embedding(cfg.max_len, cfg, dtype, rngs)
         else:
@@ -124,6 +162,15 @@ class Embeddings(nnx.Module):
         if self.project is not None:
             x = self.project(x)  # (B, T, E) -> (B, T, D)
         return x
+
+    def from_pixels(self, pixel_values: jax.Array) -> jax.Array:
+        """ViT: (B, C, H, W) -> (B, 1 + N, D): the class token, then one token per patch,
+        plus learned positions over all 1 + N, then dropout (no LayerNorm, as ViT)."""
+        x = self.patch(pixel_values)  # (B, N, D)
+        cls = jnp.broadcast_to(self.class_token[None], (x.shape[0], 1, x.shape[-1]))  # (B, 1, D)
+        x = jnp.concatenate([cls, x], axis=1)  # (B, 1 + N, D)
+        x = x + self.position.embedding[None]  # (B, 1 + N, D) + (1, 1 + N, D)
+        return self.dropout(x)
 
 
 class FeedForward(nnx.Module):
@@ -245,10 +292,11 @@ class TransformerEncoder(nnx.Module):
 
     def __call__(
         self,
-        input_ids: jax.Array,
+        input_ids: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         *,
+        pixel_values: jax.Array | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
@@ -264,11 +312,21 @@ class TransformerEncoder(nnx.Module):
             return_attention: also return each layer's (B, H, T, T) attention weights.
             return_hidden_states: also return the N + 1 hidden states (embeddings, then each
                 layer's output before the final norm).
+            pixel_values: (B, C, H, W) floats, for a ViT (``image_size``) instead of the token
+                arguments; the output is then (B, 1 + N patches, D), class token first.
 
         Returns:
             ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
             ``(h, attentions, hidden_states)``, as requested.
         """
+        if self.config.image_size or pixel_values is not None or input_ids is None:
+            return self._forward_pixels(
+                pixel_values,
+                given=(input_ids, attention_mask, token_type_ids),
+                is_causal=is_causal,
+                return_attention=return_attention,
+                return_hidden_states=return_hidden_states,
+            )
         input_ids = jnp.asarray(input_ids)
         if attention_mask is not None:
             attention_mask = jnp.asarray(attention_mask)
@@ -289,6 +347,31 @@ class TransformerEncoder(nnx.Module):
             outputs += (attentions,)
         if return_hidden_states:
             outputs += (hidden_states,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _forward_pixels(
+        self, pixel_values, *, given, is_causal, return_attention, return_hidden_states
+    ):
+        """The ViT path of :meth:`__call__`: no padding mask, no token arguments (``given``)."""
+        if pixel_values is not None:
+            pixel_values = jnp.asarray(pixel_values)
+        input_ids, attention_mask, token_type_ids = (a is not None for a in given)
+        check_pixels(
+            self.config,
+            _values(pixel_values),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+        )
+        weight = self.embeddings.patch.weight
+        x = self.embeddings.from_pixels(pixel_values.astype(weight.dtype))
+        is_causal = is_causal or self.config.causal
+        mask = make_attention_mask(None, is_causal=is_causal, q_len=x.shape[1])
+        x, attentions, hidden_states = self.encoder(
+            x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
+        )
+        outputs = (x,) + ((attentions,) if return_attention else ())
+        outputs += (hidden_states,) if return_hidden_states else ()
         return outputs[0] if len(outputs) == 1 else outputs
 
 

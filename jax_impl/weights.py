@@ -26,7 +26,13 @@ def parameter_table(model: TransformerEncoder) -> list[tuple[str, nnx.Param, str
     ``nnx.Linear.kernel`` is already (in, out), as format v1 stores it: every layout is ``copy``.
     """
     emb, enc = model.embeddings, model.encoder
-    table = [("embeddings.token.weight", emb.token.embedding, "copy")]
+    table = []
+    if emb.token is not None:
+        table.append(("embeddings.token.weight", emb.token.embedding, "copy"))
+    if emb.patch is not None:
+        table.append(("embeddings.patch.weight", emb.patch.weight, "copy"))
+        table.append(("embeddings.patch.bias", emb.patch.bias, "copy"))
+        table.append(("embeddings.class_token", emb.class_token, "copy"))
     if emb.position is not None:
         table.append(("embeddings.position.weight", emb.position.embedding, "copy"))
     if emb.token_type is not None:

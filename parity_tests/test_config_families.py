@@ -140,3 +140,102 @@ def test_format2_checkpoint_round_trips_and_format1_stays_format1(tmp_path):
 def test_bad_new_field_values_are_refused_naming_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
         EncoderConfig(**BASE, **fields)
+
+
+VIT = dict(
+    vocab_size=1,
+    d_model=16,
+    n_heads=2,
+    d_ff=24,
+    n_layers=2,
+    dropout=0.0,
+    image_size=8,
+    patch_size=4,
+    num_channels=3,
+    max_len=5,
+    positional="learned",
+    norm_first=True,
+    final_norm=True,
+)
+
+
+@pytest.mark.parametrize("backend", ["math", "fused"])
+def test_vit_patches_match_the_oracle(backend):
+    cfg = EncoderConfig(**VIT)
+    weights = random_weights(cfg, seed=4)
+    pixels = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = reference.forward(weights, cfg, None, pixel_values=pixels)
+    tm, jm = build_pair(cfg, weights, backend=backend)
+    tol = tolerance("float32")
+    for name, model, run in (("torch", tm, run_torch), ("jax", jm, run_jax)):
+        h, attn = run(model, None, pixel_values=pixels, return_attention=True)
+        assert to_numpy(h).shape == (2, 5, 16)  # class token + 4 patches
+        assert_close(to_numpy(h), want.last_hidden_state, tol, f"{name} vit h")
+        for i, (a, b) in enumerate(zip(attn, want.attentions, strict=True)):
+            assert_close(to_numpy(a), b, tol, f"{name} vit attention {i}")
+
+
+def test_patch_order_is_row_major_over_the_grid():
+    """Patch 1 is the top-right P x P block: changing only those pixels changes only it."""
+    cfg = EncoderConfig(**VIT)
+    weights = random_weights(cfg, seed=6)
+    pixels = np.zeros((1, 3, 8, 8), np.float32)
+    base = reference.forward(weights, cfg, None, pixel_values=pixels).hidden_states[0]
+    pixels[0, :, 0:4, 4:8] = 1.0
+    moved = reference.forward(weights, cfg, None, pixel_values=pixels).hidden_states[0]
+    changed = np.abs(moved - base).max(axis=-1)[0]  # per token: class, p0, p1, p2, p3
+    assert changed[2] > 0 and np.all(changed[[0, 1, 3, 4]] == 0)
+    tm, jm = build_pair(cfg, weights)
+    for run, model in ((run_torch, tm), (run_jax, jm)):
+        _, hidden = run(model, None, pixel_values=pixels, return_hidden_states=True)
+        assert_close(to_numpy(hidden[0]), moved, tolerance("float32"), "patch embeddings")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            dict(pixel_values=np.zeros((2, 3, 8, 4), np.float32)),
+            r"pixel_values must have shape \(batch, 3, 8, 8\), got \(2, 3, 8, 4\)",
+        ),
+        (
+            dict(pixel_values=np.zeros((2, 1, 8, 8), np.float32)),
+            r"shape \(batch, 3, 8, 8\), got \(2, 1, 8, 8\)",
+        ),
+        (
+            dict(input_ids=np.zeros((2, 5), np.int64)),
+            r"input_ids given to a ViT \(image_size=8\); expected only pixel_values",
+        ),
+        (dict(), r"a ViT needs pixel_values \(batch, 3, 8, 8\), got None"),
+    ],
+    ids=["wrong_size", "wrong_channels", "input_ids", "nothing"],
+)
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_vit_bad_input_is_refused_naming_expected_and_got(framework, call, message):
+    cfg = EncoderConfig(**VIT)
+    tm, jm = build_pair(cfg, random_weights(cfg))
+    model = tm if framework == "torch" else jm
+    call = dict(call)  # the parameter is shared between the frameworks
+    ids = call.pop("input_ids", None)
+    with pytest.raises(ValueError, match=message):
+        model(ids, **call)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_pixel_values_given_to_a_text_model_is_refused(framework):
+    cfg = EncoderConfig(**BASE)
+    tm, jm = build_pair(cfg, random_weights(cfg))
+    model = tm if framework == "torch" else jm
+    with pytest.raises(ValueError, match=r"pixel_values given to a text model \(image_size=0\)"):
+        model(pixel_values=np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"input_ids \(batch, seq_len\) is required"):
+        model()
+
+
+def test_bad_vit_config_is_refused():
+    with pytest.raises(ValueError, match="image_size=8 is not divisible by patch_size=3"):
+        EncoderConfig(**(VIT | dict(patch_size=3)))
+    with pytest.raises(ValueError, match=r"max_len=6 must be n_patches \+ 1 = 5"):
+        EncoderConfig(**(VIT | dict(max_len=6)))
+    with pytest.raises(ValueError, match="type_vocab_size=2 with image_size=8: a ViT needs"):
+        EncoderConfig(**(VIT | dict(type_vocab_size=2)))

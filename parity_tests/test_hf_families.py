@@ -68,6 +68,12 @@ FAMILIES = {
         lambda: transformers.ElectraConfig(vocab_size=60, embedding_size=16, **SMALL),
         "ElectraForPreTraining",
     ),
+    "vit": (
+        lambda: transformers.ViTConfig(
+            image_size=12, patch_size=4, num_channels=3, hidden_act="gelu", **SMALL
+        ),
+        "ViTForImageClassification",
+    ),
     "gpt2": (
         lambda: transformers.GPT2Config(
             vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_inner=40, n_positions=16
@@ -100,8 +106,12 @@ def family(request, tmp_path_factory):
 
 
 def _inputs(cfg: EncoderConfig, name: str):
-    """Ids (pads carry the pad id, as tokenizers write them), mask and token types."""
+    """Ids (pads carry the pad id, as tokenizers write them), mask and token types; for a
+    ViT, random pixels (B, C, H, W) and an all-real mask (for indexing)."""
     rng = np.random.default_rng(11)
+    if cfg.image_size:
+        shape = (B, cfg.num_channels, cfg.image_size, cfg.image_size)
+        return rng.standard_normal(shape).astype(np.float32), np.ones((B, cfg.max_len)), None
     pad = cfg.position_pad_id or 0
     ids = rng.integers(pad + 1, cfg.vocab_size, (B, T))
     mask = (np.arange(T)[None, :] < np.array(LENGTHS)[:, None]).astype(np.int64)
@@ -113,11 +123,14 @@ def _inputs(cfg: EncoderConfig, name: str):
 
 
 def _reference(body, ids, mask, types) -> dict:
-    kwargs = {"token_type_ids": torch.from_numpy(types)} if types is not None else {}
+    if ids.dtype.kind == "f":  # a ViT's pixels
+        kwargs = {"pixel_values": torch.from_numpy(ids)}
+    else:
+        kwargs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if types is not None:
+        kwargs["token_type_ids"] = torch.from_numpy(types)
     with torch.no_grad():
         out = body(
-            input_ids=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
             output_attentions=True,
             output_hidden_states=True,
             **kwargs,
@@ -130,10 +143,10 @@ def _reference(body, ids, mask, types) -> dict:
 
 
 def _compare(ours: dict, want: dict, mask: np.ndarray, what: str, final_norm: bool) -> None:
+    """``final_norm``: transformers' last hidden state is after the final norm (GPT-2)."""
     real = mask.astype(bool)
     tol = tolerance("float32")
     assert_close(ours["h"][real], want["h"][real], tol, f"{what} last hidden state")
-    # transformers' last hidden state comes after the final norm (GPT-2's ln_f); ours before
     n = len(want["hidden"]) - 1 if final_norm else len(want["hidden"])
     assert len(ours["hidden"]) == len(want["hidden"])
     for i in range(n):
@@ -145,7 +158,11 @@ def _compare(ours: dict, want: dict, mask: np.ndarray, what: str, final_norm: bo
 
 
 def _ours(model, run, ids, mask, types) -> dict:
-    h, attn, hidden = run(model, ids, mask, types, return_attention=True, return_hidden_states=True)
+    wanted = {"return_attention": True, "return_hidden_states": True}
+    if ids.dtype.kind == "f":  # a ViT's pixels
+        h, attn, hidden = run(model, None, pixel_values=ids, **wanted)
+    else:
+        h, attn, hidden = run(model, ids, mask, types, **wanted)
     return {
         "h": to_numpy(h),
         "hidden": [to_numpy(x) for x in hidden],
@@ -162,7 +179,7 @@ def test_both_frameworks_match_transformers(family, backend):
     tm, jm = build_pair(cfg, weights, backend=backend)
     for framework, model, run in (("torch", tm, run_torch), ("jax", jm, run_jax)):
         ours = _ours(model, run, ids, mask, types)
-        _compare(ours, want, mask, f"{name} {framework} {backend}", cfg.final_norm)
+        _compare(ours, want, mask, f"{name} {framework} {backend}", name == "gpt2")
 
 
 def test_save_gives_a_folder_that_automodel_loads_and_runs_the_same(family, tmp_path):
@@ -202,6 +219,7 @@ def test_task_model_lists_the_heads_it_skipped(family):
         "bert": "classifier.weight",
         "roberta": "lm_head.dense.weight",
         "distilbert": "pre_classifier.weight",
+        "vit": "classifier.weight",
         "electra": "discriminator_predictions.dense.weight",
     }
     if name in heads:
@@ -301,7 +319,7 @@ def _weights(cfg: EncoderConfig):
             "DistilBERT cannot express activation='gelu_tanh'",
         ),
         ("electra", dict(causal=True), "ELECTRA cannot express causal=True"),
-        ("vit", dict(), "model_type is 'vit'; supported"),
+        ("vit", dict(), "ViT cannot express image_size=0"),
     ],
 )
 def test_export_refuses_a_config_the_family_cannot_express(tmp_path, model_type, fields, message):

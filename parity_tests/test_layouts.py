@@ -26,6 +26,8 @@ def _qkv(rng: np.random.Generator, shape: tuple[int, ...]) -> list[np.ndarray]:
         ("heads_out", 1, (D, D)),
         ("heads_out", 1, (D,)),
         ("heads_in", 1, (D, D)),
+        ("leading_axis", 1, (1, D)),
+        ("patches", 1, (3, 2, 2, D)),
     ],
 )
 def test_split_inverts_join(layout, count, shape):

@@ -38,6 +38,9 @@ class EncoderConfig:
     causal: bool = False  # every call is causal, as GPT-2 (is_causal=True still works alone)
     position_pad_id: int | None = None  # RoBERTa: positions from input_ids, pads at this id
     embed_dim: int = 0  # ELECTRA: embedding width E, projected to d_model; 0 = d_model, none
+    image_size: int = 0  # ViT: square images this many pixels wide; 0 = text (input_ids)
+    patch_size: int = 16  # ViT: square patches, each one token (image_size % patch_size == 0)
+    num_channels: int = 3  # ViT: colour channels of pixel_values (B, C, H, W)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"):
@@ -75,11 +78,45 @@ class EncoderConfig:
                     f"position_pad_id + 2 = {self.position_pad_id + 2} (real tokens start at "
                     f"position_pad_id + 1), got max_len={self.max_len}"
                 )
+        self._check_image_fields()
         _check_int("embed_dim", self.embed_dim, minimum=0)
         if self.embed_dim == self.d_model:
             raise ValueError(
                 f"embed_dim={self.embed_dim} equals d_model: use embed_dim=0 (no projection)"
             )
+
+    def _check_image_fields(self) -> None:
+        _check_int("image_size", self.image_size, minimum=0)
+        _check_int("patch_size", self.patch_size, minimum=1)
+        _check_int("num_channels", self.num_channels, minimum=1)
+        if not self.image_size:
+            return
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
+            )
+        if self.max_len != self.n_patches + 1:
+            raise ValueError(
+                f"max_len={self.max_len} must be n_patches + 1 = {self.n_patches + 1} for "
+                f"image_size={self.image_size}, patch_size={self.patch_size} (one position "
+                "per patch and one for the class token)"
+            )
+        for name, text_only in (
+            ("positional", "learned"),
+            ("type_vocab_size", 0),
+            ("position_pad_id", None),
+            ("embed_dim", 0),
+        ):
+            if getattr(self, name) != text_only:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} with image_size={self.image_size}: a ViT "
+                    f"needs {name}={text_only!r}"
+                )
+
+    @property
+    def n_patches(self) -> int:
+        """Tokens of an image before the class token: (image_size / patch_size)^2."""
+        return (self.image_size // self.patch_size) ** 2
 
     @property
     def embed_width(self) -> int:

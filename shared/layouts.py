@@ -14,8 +14,10 @@ every layout is a pair of inverse functions here:
     fused_columns_transposed  [a_1 | a_2 | a_3]^T         PyTorch's in_proj_weight (3D, D)
     heads_out                 a_1 with its output axis split into heads: (D, D) -> (D, H, hd)
     heads_in                  a_1 with its input axis split into heads: (D, D) -> (H, hd, D)
+    leading_axis              a_1[None]                   (1, D) -> (1, 1, D)
+    patches                   a_1 channels-first          (C, P, P, D) -> (D, C, P, P)
 
-Notation: D d_model, H heads, hd head_dim.
+Notation: D d_model, H heads, hd head_dim, C channels, P patch size.
 
 NumPy only. :func:`check_names` is the one missing/unexpected report and
 :func:`check_shapes` the one shape check that every loader uses.
@@ -80,6 +82,11 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "heads_out": Layout(_heads_out, lambda a, _: [a.reshape(*a.shape[:-2], -1)]),
     "heads_in": Layout(_heads_in, lambda a, _: [a.reshape(-1, a.shape[-1])]),
+    "leading_axis": Layout(lambda arrays, _: arrays[0][None], lambda a, _: [a[0]]),
+    "patches": Layout(  # a Conv2d kernel with kernel = stride = P is a matmul over patches
+        lambda arrays, _: arrays[0].transpose(3, 0, 1, 2),  # (D, C, P, P)
+        lambda a, _: [a.transpose(1, 2, 3, 0)],  # (C, P, P, D)
+    ),
 }
 
 

@@ -18,6 +18,8 @@ tensor; a file is written as format 1 whenever its config uses none of them, and
     embeddings.project.weight (E, D), .bias (D,)            only if embed_dim (E) > 0;
                                                             then the tables and
                                                             embeddings.norm are E wide
+    embeddings.patch.weight (C, P, P, D), .bias (D,)        only if image_size > 0 (ViT),
+    embeddings.class_token  (1, D)                          instead of embeddings.token
 
 Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the paper; PyTorch's
 ``nn.Linear`` keeps (out, in) and transposes on the way in and out. Head ``h`` of q, k and v
@@ -56,7 +58,14 @@ FORMAT = "twin-encoder/1"
 FORMAT_2 = "twin-encoder/2"  # format 1 plus the EncoderConfig fields below
 FORMATS = (FORMAT, FORMAT_2)
 # EncoderConfig fields that format 1 does not know, with the value that means "not used".
-FORMAT_2_FIELDS = {"causal": False, "position_pad_id": None, "embed_dim": 0}
+FORMAT_2_FIELDS = {
+    "causal": False,
+    "position_pad_id": None,
+    "embed_dim": 0,
+    "image_size": 0,
+    "patch_size": 16,
+    "num_channels": 3,
+}
 
 Weights = dict[str, np.ndarray]
 
@@ -64,7 +73,14 @@ Weights = dict[str, np.ndarray]
 def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order."""
     d, f, e = cfg.d_model, cfg.d_ff, cfg.embed_width
-    shapes: dict[str, tuple[int, ...]] = {"embeddings.token.weight": (cfg.vocab_size, e)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.image_size:
+        p = cfg.patch_size
+        shapes["embeddings.patch.weight"] = (cfg.num_channels, p, p, e)
+        shapes["embeddings.patch.bias"] = (e,)
+        shapes["embeddings.class_token"] = (1, e)
+    else:
+        shapes["embeddings.token.weight"] = (cfg.vocab_size, e)
     if cfg.positional == "learned":
         shapes["embeddings.position.weight"] = (cfg.max_len, e)
     if cfg.type_vocab_size > 0:

@@ -17,11 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import EncoderConfig
-from shared.inputs import Spec, check_inputs
+from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
 from torch_impl.attention import MultiHeadAttention, dtype_kind, linear, make_attention_mask
 
-__all__ = ["Embeddings", "Encoder", "EncoderLayer", "FeedForward", "TransformerEncoder"]
+__all__ = [
+    "Embeddings",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "PatchEmbeddings",
+    "TransformerEncoder",
+]
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,34 @@ def _embedding(rows: int, cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.E
     return embedding
 
 
+def _class_token(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Parameter:
+    return nn.Parameter(torch.randn(1, cfg.d_model, dtype=dtype))  # (1, D), N(0, 1)
+
+
+class PatchEmbeddings(nn.Module):
+    """ViT's front end: each P x P patch of a (B, C, H, W) image, flattened, times W + b.
+
+    transformers writes it as a Conv2d with kernel = stride = P; that is this matmul. The
+    weight is kept (C, P, P, D), as the checkpoint stores it.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        c, p, d = cfg.num_channels, cfg.patch_size, cfg.d_model
+        self.weight = nn.Parameter(torch.empty(c, p, p, d, dtype=dtype))
+        nn.init.xavier_uniform_(self.weight.view(c * p * p, d))
+        self.bias = nn.Parameter(torch.zeros(d, dtype=dtype))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D), patches in row-major order over the grid."""
+        b, c, h, w = pixel_values.shape
+        p = self.patch_size
+        x = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        x = x.reshape(b, (h // p) * (w // p), c * p * p)  # (B, N, C*P*P)
+        return x @ self.weight.reshape(c * p * p, -1) + self.bias[None, None]  # (B, N, D)
+
+
 class Embeddings(nn.Module):
     """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout, then
     a projection E -> D if ``embed_dim`` (ELECTRA; the tables are E wide, else D).
@@ -58,7 +93,9 @@ class Embeddings(nn.Module):
     def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = cfg
-        self.token = _embedding(cfg.vocab_size, cfg, dtype)
+        self.token = None if cfg.image_size else _embedding(cfg.vocab_size, cfg, dtype)
+        self.patch = PatchEmbeddings(cfg, dtype=dtype) if cfg.image_size else None
+        self.class_token = _class_token(cfg, dtype) if cfg.image_size else None
         if cfg.positional == "learned":
             self.position = _embedding(cfg.max_len, cfg, dtype)
         else:
@@ -110,6 +147,15 @@ class Embeddings(nn.Module):
         if self.project is not None:
             x = self.project(x)  # (B, T, E) -> (B, T, D)
         return x
+
+    def from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """ViT: (B, C, H, W) -> (B, 1 + N, D): the class token, then one token per patch,
+        plus learned positions over all 1 + N, then dropout (no LayerNorm, as ViT)."""
+        x = self.patch(pixel_values)  # (B, N, D)
+        cls = self.class_token[None].expand(x.shape[0], 1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
+        x = x + self.position.weight[None]  # (B, 1 + N, D) + (1, 1 + N, D)
+        return self.dropout(x)
 
 
 class FeedForward(nn.Module):
@@ -227,10 +273,11 @@ class TransformerEncoder(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         *,
+        pixel_values: torch.Tensor | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
@@ -246,11 +293,21 @@ class TransformerEncoder(nn.Module):
             return_attention: also return each layer's (B, H, T, T) attention weights.
             return_hidden_states: also return the N + 1 hidden states (embeddings, then each
                 layer's output before the final norm).
+            pixel_values: (B, C, H, W) floats, for a ViT (``image_size``) instead of the token
+                arguments; the output is then (B, 1 + N patches, D), class token first.
 
         Returns:
             ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
             ``(h, attentions, hidden_states)``, as requested.
         """
+        if self.config.image_size or pixel_values is not None or input_ids is None:
+            return self._forward_pixels(
+                pixel_values,
+                given=(input_ids, attention_mask, token_type_ids),
+                is_causal=is_causal,
+                return_attention=return_attention,
+                return_hidden_states=return_hidden_states,
+            )
         device = self.embeddings.token.weight.device
         input_ids = torch.as_tensor(input_ids, device=device)
         if attention_mask is not None:
@@ -272,6 +329,33 @@ class TransformerEncoder(nn.Module):
             outputs += (attentions,)
         if return_hidden_states:
             outputs += (hidden_states,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _forward_pixels(
+        self, pixel_values, *, given, is_causal, return_attention, return_hidden_states
+    ):
+        """The ViT path of :meth:`forward`: no padding mask, no token arguments (``given``)."""
+        if pixel_values is not None:
+            pixel_values = torch.as_tensor(pixel_values)
+        input_ids, attention_mask, token_type_ids = (a is not None for a in given)
+        check_pixels(
+            self.config,
+            _values(pixel_values),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+        )
+        weight = self.embeddings.patch.weight
+        x = self.embeddings.from_pixels(pixel_values.to(device=weight.device, dtype=weight.dtype))
+        is_causal = is_causal or self.config.causal
+        mask = make_attention_mask(
+            None, is_causal=is_causal, q_len=x.shape[1], device=weight.device
+        )
+        x, attentions, hidden_states = self.encoder(
+            x, mask, return_attention=return_attention, return_hidden_states=return_hidden_states
+        )
+        outputs = (x,) + ((attentions,) if return_attention else ())
+        outputs += (hidden_states,) if return_hidden_states else ()
         return outputs[0] if len(outputs) == 1 else outputs
 
 

@@ -25,7 +25,13 @@ def parameter_table(model: TransformerEncoder) -> list[tuple[str, torch.Tensor, 
     ``nn.Linear.weight`` is (out, in); format v1 stores (in, out), hence ``transpose``.
     """
     emb, enc = model.embeddings, model.encoder
-    table = [("embeddings.token.weight", emb.token.weight, "copy")]
+    table = []
+    if emb.token is not None:
+        table.append(("embeddings.token.weight", emb.token.weight, "copy"))
+    if emb.patch is not None:
+        table.append(("embeddings.patch.weight", emb.patch.weight, "copy"))
+        table.append(("embeddings.patch.bias", emb.patch.bias, "copy"))
+        table.append(("embeddings.class_token", emb.class_token, "copy"))
     if emb.position is not None:
         table.append(("embeddings.position.weight", emb.position.weight, "copy"))
     if emb.token_type is not None:

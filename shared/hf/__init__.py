@@ -1,7 +1,7 @@
 """Hugging Face checkpoint folders <-> checkpoint format (weights + ``EncoderConfig``).
 
 ``load(folder)`` reads ``config.json`` + ``model.safetensors`` of BERT, RoBERTa, XLM-RoBERTa,
-DistilBERT, ELECTRA (the discriminator body) and GPT-2; ``save(weights, cfg, folder)`` writes
+DistilBERT, ELECTRA (the discriminator body), GPT-2 and ViT; ``save(weights, cfg, folder)`` writes
 a folder that ``transformers.AutoModel.from_pretrained`` loads. One module per family
 (``bert.py`` ...) says everything that differs; this module is the machinery they share.
 
@@ -26,7 +26,7 @@ import numpy as np
 from shared import layouts
 from shared import weights as v1
 from shared.config import EncoderConfig
-from shared.hf import bert, distilbert, electra, gpt2, roberta
+from shared.hf import bert, distilbert, electra, gpt2, roberta, vit
 from shared.hf.family import Family
 from shared.hf.files import (
     open_safetensors,
@@ -46,6 +46,7 @@ FAMILIES: tuple[Family, ...] = (
     distilbert.FAMILY,
     electra.FAMILY,
     gpt2.FAMILY,
+    vit.FAMILY,
 )
 
 # model_type values that look close but compute something else: why each is refused.
@@ -175,7 +176,8 @@ def save(
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``transformers.AutoModel`` loads.
 
-    ``model_type`` picks the family; by default it follows from the config (``causal``:
+    ``model_type`` picks the family; by default it follows from the config (``image_size``:
+    ViT, ``causal``:
     GPT-2, ``position_pad_id``: RoBERTa, ``embed_dim``: ELECTRA, no token types: DistilBERT,
     else BERT). Raises ValueError naming the field when the family cannot express ``cfg``.
     """
@@ -194,6 +196,8 @@ def save(
 
 
 def _model_type_for(cfg: EncoderConfig) -> str:
+    if cfg.image_size:
+        return "vit"
     if cfg.causal:
         return "gpt2"
     if cfg.position_pad_id is not None:
