@@ -95,14 +95,19 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
 def family(request, tmp_path_factory):
     """``(name, folder, body)``: the task model saved, and its body (transformers' reference)."""
     name = request.param
+    folder = tmp_path_factory.mktemp(name)
+    return name, folder, _save_family(name, folder)
+
+
+def _save_family(name: str, folder: Path) -> torch.nn.Module:
+    """Build the family's tiny task model, perturb it, save it; returns its body."""
     make_config, task = FAMILIES[name]
     config = make_config()
     config._attn_implementation = "eager"
     model = getattr(transformers, task)(config).eval()
     _perturb(model, seed=len(name))
-    folder = tmp_path_factory.mktemp(name)
     model.save_pretrained(folder)
-    return name, folder, model.base_model
+    return model.base_model
 
 
 def _inputs(cfg: EncoderConfig, name: str):
@@ -335,3 +340,27 @@ def test_export_refuses_a_config_the_family_cannot_express(tmp_path, model_type,
 def test_load_bert_refuses_other_families(tmp_path):
     with pytest.raises(ValueError, match=r"model_type is 'gpt2'; only 'bert' is read here"):
         hf.load_bert(_config_only(tmp_path, GPT2))
+
+
+# --- the study tools take any family -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["roberta", "vit"])
+def test_examples_take_an_hf_folder(name, tmp_path, capsys):
+    from examples import attention_maps, divergence_report
+
+    folder = tmp_path / name
+    _save_family(name, folder)
+    out = tmp_path / "out"
+    argv = ["--hf", str(folder), "--out", str(out), "--layer", "1"]
+    maps = attention_maps.run(attention_maps.parse_args(argv))
+    assert maps.torch.shape[0] == 4  # heads
+    assert_close(maps.jax, maps.torch, tolerance("float32"), "attention maps")
+    if name == "vit":  # (12 / 4)^2 = 9 patches after the class token, on a 3 x 3 grid
+        assert len(maps.tokens) == 10
+        assert (out / "layer1_class_to_patches.png").is_file()
+    argv = ["--hf", str(folder), "--out", str(out), "--modes", "float32-highest"]
+    argv += ["--batch", "2", "--seq-len", "8"]
+    report = divergence_report.run(divergence_report.parse_args(argv))
+    assert report["float32-highest"]["first_out_of_tolerance"] is None
+    assert len(report["float32-highest"]["hidden_states"]) == 3  # embeddings + 2 layers
