@@ -15,7 +15,15 @@ from typing import Any
 from shared.config import EncoderConfig
 from shared.layouts import Row
 
-__all__ = ["Family", "activation", "refuse", "require", "sizes"]
+__all__ = [
+    "ACTIVATIONS",
+    "EXPORTED_ACTIVATIONS",
+    "Family",
+    "activation",
+    "refuse",
+    "require",
+    "sizes",
+]
 
 # config.json activation -> EncoderConfig.activation. gelu_new (HF's written-out tanh
 # formula) is our gelu_tanh: they differ by at most 2.4e-7 (README, "Hugging Face families").
