@@ -3,16 +3,20 @@ sinusoidal positional encoding, as pictures.
 
     python -m examples.attention_maps --out out/attention
     python -m examples.attention_maps --text "The animal didn't cross the street because it was tired" --layer 4
+    python -m examples.attention_maps --hf FOLDER --layer 0   # any family shared.hf reads
 
-Loads the checkpoint folder through ``shared.hf.load_bert`` into both implementations,
-tokenizes ``--text`` with the checkpoint's own tokenizer, and writes to ``--out``:
+Loads the checkpoint folder through ``shared.hf`` into both implementations, tokenizes
+``--text`` with the checkpoint's own tokenizer (or, for a folder without one, maps each word
+to an id), and writes to ``--out``:
 
 * ``layer{L}_head{h}.png``: one head of layer L, PyTorch and JAX side by side, with the
   largest difference between the two in the title; row = query token, column = key token,
   each row sums to 1;
 * ``layer{L}_heads.png``: every head of layer L at a glance (PyTorch's weights);
 * ``positional_encoding.png``: the sinusoidal table of ``shared.positional`` (this BERT
-  learns its positions instead; the table is the one the paper's encoder adds).
+  learns its positions instead; the table is the one the paper's encoder adds);
+* for a ViT (on a random image, seeded): ``layer{L}_class_to_patches.png``, each head's
+  attention from the class token to every patch, laid out over the patch grid.
 """
 
 from __future__ import annotations
@@ -70,48 +74,69 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a BERT folder (config.json, model.safetensors, tokenizer); default all-MiniLM-L6-v2",
     )
+    p.add_argument(
+        "--hf",
+        type=Path,
+        default=None,
+        help="a folder of any family shared.hf reads (BERT, RoBERTa, DistilBERT, ELECTRA, "
+        "GPT-2, ViT); a tokenizer is used if it has one",
+    )
     p.add_argument("--pe-positions", type=int, default=64, help="rows of the sinusoid table")
     p.add_argument("--pe-dim", type=int, default=128, help="columns of the sinusoid table")
     return p.parse_args(argv)
 
 
 def attention_of_layer(
-    folder: Path, text: str, layer: int
+    folder: Path, text: str, layer: int, *, any_family: bool = False
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(tokens, PyTorch weights (H, T, T), JAX weights (H, T, T))`` of one layer for ``text``."""
+    """``(tokens, PyTorch weights (H, T, T), JAX weights (H, T, T))`` of one layer for ``text``
+    (for a ViT: a random image, tokens = the class token and the patches)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the folder
-    from transformers import AutoTokenizer
-
     from shared import hf
 
-    weights, cfg = hf.load_bert(folder)
+    weights, cfg = hf.load(folder) if any_family else hf.load_bert(folder)
     if not 0 <= layer < cfg.n_layers:
         raise ValueError(
             f"--layer {layer} is out of range: the model has layers 0..{cfg.n_layers - 1}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    enc = tokenizer(text, return_tensors="np")
-    ids, mask = enc["input_ids"], enc["attention_mask"]  # (1, T)
-    types = enc.get("token_type_ids") if cfg.type_vocab_size else None
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-
+    tokens, inputs = _model_inputs(folder, cfg, text)
     tm = torch_impl.from_weights(weights, cfg)
     jm = jax_impl.from_weights(weights, cfg)
     with torch.no_grad():
         _, attn_t = tm(
-            torch.from_numpy(ids),
-            torch.from_numpy(mask),
-            None if types is None else torch.from_numpy(types),
+            **{k: None if v is None else torch.from_numpy(v) for k, v in inputs.items()},
             return_attention=True,
         )
     with jax_impl.precision.matmul_precision("float32"):
         _, attn_j = jm(
-            jnp.asarray(ids),
-            jnp.asarray(mask),
-            None if types is None else jnp.asarray(types),
+            **{k: None if v is None else jnp.asarray(v) for k, v in inputs.items()},
             return_attention=True,
         )
     return tokens, attn_t[layer][0].numpy(), np.asarray(attn_j[layer][0])  # (H, T, T) each
+
+
+def _model_inputs(folder: Path, cfg, text: str) -> tuple[list[str], dict]:
+    """``(token labels, keyword arguments of the model call)`` for one example."""
+    if cfg.image_size:
+        shape = (1, cfg.num_channels, cfg.image_size, cfg.image_size)
+        pixels = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        grid = cfg.image_size // cfg.patch_size
+        tokens = ["[class]"] + [f"{i},{j}" for i in range(grid) for j in range(grid)]
+        return tokens, {"pixel_values": pixels}
+    if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        enc = tokenizer(text, return_tensors="np")
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # (1, T)
+        tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+        types = enc.get("token_type_ids") if cfg.type_vocab_size else None
+    else:  # no tokenizer (a tiny or converted model): one id per word, from its bytes
+        tokens = text.split()[: cfg.max_len - 2]
+        low = 0 if cfg.position_pad_id is None else cfg.position_pad_id + 1
+        ids = np.array([[low + sum(w.encode()) % (cfg.vocab_size - low) for w in tokens]])
+        mask, types = np.ones_like(ids), None
+    return tokens, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def _heatmap(ax, weights: np.ndarray, tokens: list[str], *, vmax: float, labels: bool = True):
@@ -203,12 +228,36 @@ def plot_positional_encoding(n_positions: int, d_model: int, path: Path) -> None
     plt.close(fig)
 
 
+def plot_class_to_patches(tokens: list[str], weights: np.ndarray, layer: int, path: Path):
+    """ViT: each head's attention from the class token to the patches, over the patch grid."""
+    import matplotlib.pyplot as plt
+
+    n_heads, grid = weights.shape[0], round((len(tokens) - 1) ** 0.5)
+    maps = weights[:, 0, 1:].reshape(n_heads, grid, grid)  # (H, rows, columns) of patches
+    cols = min(4, n_heads)
+    rows = -(-n_heads // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3 * cols + 1, 3 * rows), constrained_layout=True, squeeze=False
+    )
+    for h, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if h < n_heads:
+            image = ax.imshow(maps[h], cmap="viridis", vmin=0.0, interpolation="nearest")
+            ax.set_title(f"head {h}", fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight from the class token")
+    fig.suptitle(f"layer {layer}: class token -> patches ({grid} x {grid} grid)", fontsize=12)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(args: argparse.Namespace) -> AttentionMaps:
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = args.folder or default_folder()
-    tokens, w_torch, w_jax = attention_of_layer(folder, args.text, args.layer)
+    folder = args.hf or args.folder or default_folder()
+    tokens, w_torch, w_jax = attention_of_layer(
+        folder, args.text, args.layer, any_family=args.hf is not None
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     for head in range(w_torch.shape[0]):
@@ -219,6 +268,10 @@ def run(args: argparse.Namespace) -> AttentionMaps:
     path = args.out / f"layer{args.layer}_heads.png"
     plot_all_heads(tokens, w_torch, args.layer, diff, path)
     written.append(path)
+    if tokens[0] == "[class]":
+        path = args.out / f"layer{args.layer}_class_to_patches.png"
+        plot_class_to_patches(tokens, w_torch, args.layer, path)
+        written.append(path)
     path = args.out / "positional_encoding.png"
     plot_positional_encoding(args.pe_positions, args.pe_dim, path)
     written.append(path)

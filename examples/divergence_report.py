@@ -3,6 +3,7 @@ far apart their hidden states and attention weights are, under three precision s
 
     python -m examples.divergence_report --out out/divergence
     python -m examples.divergence_report --checkpoint model.safetensors --out out/divergence
+    python -m examples.divergence_report --hf FOLDER --out out/divergence   # any shared.hf family
 
 Settings (``MODES``):
 
@@ -51,6 +52,11 @@ MODES = ("float32-highest", "float32-default", "bfloat16")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="a format-v1 .safetensors file")
+    p.add_argument(
+        "--hf",
+        type=Path,
+        help="a Hugging Face folder of any family shared.hf reads (a ViT gets random images)",
+    )
     p.add_argument("--out", type=Path, default=Path("out/divergence"), help="output folder")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -79,6 +85,10 @@ def model_from_args(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], En
     """``(format-v1 weights, config)``: the checkpoint's, or random non-trivial weights."""
     if args.checkpoint is not None:
         return v1.load_file(args.checkpoint)
+    if args.hf is not None:
+        from shared import hf
+
+        return hf.load(args.hf)
     cfg = EncoderConfig(
         vocab_size=args.vocab_size,
         d_model=args.d_model,
@@ -97,13 +107,21 @@ def model_from_args(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], En
 def make_inputs(
     cfg: EncoderConfig, batch: int, seq_len: int, *, pad: bool, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random ``(input_ids (B, T), attention_mask (B, T))``; the first row is never padded."""
+    """Random ``(input_ids (B, T), attention_mask (B, T))``; the first row is never padded.
+
+    Pads carry ``position_pad_id`` where the config has one (RoBERTa), as tokenizers write
+    them. A ViT gets random images (B, C, H, W) in place of the ids, and an all-ones mask.
+    """
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, cfg.vocab_size, size=(batch, seq_len))
+    if cfg.image_size:
+        shape = (batch, cfg.num_channels, cfg.image_size, cfg.image_size)
+        return rng.standard_normal(shape).astype(np.float32), np.ones((batch, cfg.max_len))
+    low = 0 if cfg.position_pad_id is None else cfg.position_pad_id + 1
+    ids = rng.integers(low, cfg.vocab_size, size=(batch, seq_len))
     lengths = rng.integers(1, seq_len + 1, size=batch) if pad else np.full(batch, seq_len)
     lengths[0] = seq_len
     mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)  # (B, T)
-    return ids, mask
+    return np.where(mask == 1, ids, max(low - 1, 0)), mask
 
 
 @contextlib.contextmanager
@@ -150,14 +168,12 @@ def compare_frameworks(
         )
         with torch.no_grad():
             _, attn_t, hidden_t = tm(
-                torch.as_tensor(input_ids, device=torch_device),
-                torch.as_tensor(attention_mask, device=torch_device),
+                **_arguments(cfg, input_ids, attention_mask, torch.as_tensor, torch_device),
                 return_attention=True,
                 return_hidden_states=True,
             )
         _, attn_j, hidden_j = jm(
-            jnp.asarray(input_ids),
-            jnp.asarray(attention_mask),
+            **_arguments(cfg, input_ids, attention_mask, lambda a, device: jnp.asarray(a), None),
             return_attention=True,
             return_hidden_states=True,
         )
@@ -170,6 +186,16 @@ def compare_frameworks(
         attn_j, [_numpy(a) for a in attn_t], name="attention", where=real[:, None, :, None]
     )
     return hidden, attention
+
+
+def _arguments(cfg: EncoderConfig, inputs, mask, convert, device) -> dict:
+    """The model call's keyword arguments: a ViT takes pixels, a text model ids and a mask."""
+    if cfg.image_size:
+        return {"pixel_values": convert(inputs, device=device)}
+    return {
+        "input_ids": convert(inputs, device=device),
+        "attention_mask": convert(mask, device=device),
+    }
 
 
 def plot(
@@ -211,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
     seq_len = min(args.seq_len, cfg.max_len) if cfg.positional == "learned" else args.seq_len
     ids, mask = make_inputs(cfg, args.batch, seq_len, pad=args.pad, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    source = str(args.checkpoint) if args.checkpoint else f"random weights (seed {args.seed})"
+    source = str(args.checkpoint or args.hf or f"random weights (seed {args.seed})")
     print(
         f"{source}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads; "
         f"inputs {ids.shape}, {int(mask.sum())} real tokens; device {args.device}"

@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.encoder import layer_norm
+from shared import layouts
 from shared.config import EncoderConfig
-from shared.weights import CheckpointError
 
 __all__ = [
     "ATTENTION_TABLE",
@@ -56,13 +56,9 @@ __all__ = [
 ]
 
 Weights = dict[str, np.ndarray]
-Row = tuple[str, tuple[str, ...], str]  # (native name, format-v1 name(s), layout)
+Row = layouts.Row  # (native name, format-v1 name(s), layout)
 
-# How a native tensor is made of format-v1 tensors:
-#   "copy"         the same array
-#   "heads_out"    the output axis split into heads: (D, D) -> (D, H, hd), (D,) -> (H, hd)
-#   "heads_in"     the input axis split into heads: (D, D) -> (H, hd, D)
-LAYOUTS = ("copy", "heads_out", "heads_in")
+# Layouts: shared/layouts.py.
 
 # nnx.MultiHeadAttention            format v1 (under "attention.")                layout
 ATTENTION_TABLE: tuple[Row, ...] = (
@@ -78,10 +74,7 @@ ATTENTION_TABLE: tuple[Row, ...] = (
 
 # NativeEncoderLayer                format v1 (under "layers.{i}.")               layout
 _LAYER_TABLE: tuple[Row, ...] = (
-    *(
-        (f"self_attn.{native}", tuple(f"attention.{n}" for n in ours), layout)
-        for native, ours, layout in ATTENTION_TABLE
-    ),
+    *layouts.prefixed(ATTENTION_TABLE, "self_attn.", "attention."),
     ("norm1.scale", ("norm1.weight",), "copy"),
     ("norm1.bias", ("norm1.bias",), "copy"),
     ("linear1.kernel", ("ffn.in.weight",), "copy"),
@@ -101,11 +94,7 @@ _FINAL_NORM_TABLE: tuple[Row, ...] = (
 
 def encoder_table(n_layers: int, *, final_norm: bool) -> list[Row]:
     """Every parameter of the native encoder stack with its format-v1 source, in order."""
-    rows = [
-        (f"layers.{i}.{native}", tuple(f"layers.{i}.{n}" for n in ours), layout)
-        for i in range(n_layers)
-        for native, ours, layout in _LAYER_TABLE
-    ]
+    rows = layouts.stacked(_LAYER_TABLE, n_layers, "layers.{i}.")
     return rows + list(_FINAL_NORM_TABLE if final_norm else ())
 
 
@@ -237,20 +226,14 @@ def import_attention(
 
     ``prefix`` selects one layer of a whole checkpoint, e.g. ``"layers.0.attention."``.
     """
-    rows = [
-        (native, tuple(prefix + n for n in ours), layout)
-        for native, ours, layout in ATTENTION_TABLE
-    ]
+    rows = layouts.prefixed(ATTENTION_TABLE, ours=prefix)
     _copy_in(mha, rows, weights, mha.num_heads)
     return mha
 
 
 def export_attention(mha: nnx.MultiHeadAttention, *, prefix: str = "") -> Weights:
     """The weights of ``mha`` in format v1, names ``{prefix}q.weight`` ... ``{prefix}out.bias``."""
-    rows = [
-        (native, tuple(prefix + n for n in ours), layout)
-        for native, ours, layout in ATTENTION_TABLE
-    ]
+    rows = layouts.prefixed(ATTENTION_TABLE, ours=prefix)
     return _copy_out(mha, rows)
 
 
@@ -272,30 +255,6 @@ def _table_of(encoder: NativeEncoder) -> list[Row]:
     return encoder_table(len(encoder.layers), final_norm=encoder.norm is not None)
 
 
-def _to_native(layout: str, arrays: Sequence[np.ndarray], n_heads: int) -> np.ndarray:
-    """Format-v1 arrays -> the native array, as ``layout`` says."""
-    (a,) = arrays
-    if layout == "copy":
-        return a
-    if layout == "heads_out":
-        return a.reshape(*a.shape[:-1], n_heads, a.shape[-1] // n_heads)  # (D, H, hd) or (H, hd)
-    if layout == "heads_in":
-        return a.reshape(n_heads, a.shape[0] // n_heads, a.shape[1])  # (H, hd, D)
-    raise ValueError(f"unknown layout {layout!r}; known: {LAYOUTS}")
-
-
-def _from_native(layout: str, array: np.ndarray, count: int) -> list[np.ndarray]:
-    """The native array -> ``count`` format-v1 arrays: the inverse of :func:`_to_native`."""
-    assert count == 1, "every Flax parameter comes from one format-v1 tensor"
-    if layout == "copy":
-        return [array]
-    if layout == "heads_out":
-        return [array.reshape(*array.shape[:-2], -1)]  # (D, D) or (D,)
-    if layout == "heads_in":
-        return [array.reshape(-1, array.shape[-1])]  # (D, D)
-    raise ValueError(f"unknown layout {layout!r}; known: {LAYOUTS}")
-
-
 def _parameter(module: nnx.Module, path: str) -> nnx.Param:
     """The parameter at a dotted path such as ``layers.0.self_attn.query.kernel``."""
     node = module
@@ -305,44 +264,18 @@ def _parameter(module: nnx.Module, path: str) -> nnx.Param:
 
 
 def _copy_in(module: nnx.Module, rows: Sequence[Row], weights: Weights, n_heads: int) -> None:
-    sources = [name for _, names, _ in rows for name in names]
-    missing = [name for name in sources if name not in weights]
-    if missing:
-        raise CheckpointError(
-            f"missing tensor {missing[0]!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
-    for native, names, layout in rows:
+    shapes = {native: tuple(_parameter(module, native).shape) for native, _, _ in rows}
+    arrays = layouts.to_outside(rows, weights, shapes=shapes, n_heads=n_heads)
+    for native, array in arrays.items():
         param = _parameter(module, native)
-        arrays = [np.asarray(weights[n]) for n in names]
-        _check_shapes(native, tuple(param.shape), names, arrays, layout)
-        array = _to_native(layout, arrays, n_heads)
         param[...] = jnp.asarray(array, dtype=param.dtype)
 
 
-def _check_shapes(
-    native: str,
-    native_shape: tuple[int, ...],
-    names: Sequence[str],
-    arrays: Sequence[np.ndarray],
-    layout: str,
-) -> None:
-    """Raise unless each format-v1 array has the shape that ``native``'s shape implies."""
-    expected = _from_native(layout, np.empty(native_shape), len(names))
-    for name, array, want in zip(names, arrays, expected, strict=True):
-        if array.shape != want.shape:
-            raise CheckpointError(
-                f"tensor {name!r}: expected shape {want.shape} (for {native!r} of shape "
-                f"{native_shape}), found {array.shape}"
-            )
-
-
 def _copy_out(module: nnx.Module, rows: Sequence[Row]) -> Weights:
-    out = {}
-    for native, names, layout in rows:
+    arrays = {}
+    for native, _, _ in rows:
         t = _parameter(module, native)[...]
         if t.dtype in (jnp.bfloat16, jnp.float16):
             t = t.astype(jnp.float32)  # NumPy has no bfloat16
-        for name, array in zip(names, _from_native(layout, np.asarray(t), len(names)), strict=True):
-            out[name] = np.array(array, order="C")  # a copy, never a view of the parameter
-    return out
+        arrays[native] = np.asarray(t)
+    return layouts.from_outside(rows, arrays)  # copies, never views of the parameters

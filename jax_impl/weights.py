@@ -1,7 +1,7 @@
 """Weight transfer between the Flax NNX model and checkpoint format v1 (``shared/weights.py``).
 
-One table, :func:`parameter_table`, names every parameter in format v1 and says whether it is
-stored transposed; export, import, save and load all read it.
+One table, :func:`parameter_table`, names every parameter in format v1 with its layout (in the
+vocabulary of ``shared/layouts.py``); export, import, save and load all read it.
 """
 
 from __future__ import annotations
@@ -13,25 +13,34 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.encoder import TransformerEncoder
+from shared import layouts
 from shared import weights as v1
 from shared.config import EncoderConfig
 
 __all__ = ["export_weights", "from_weights", "import_weights", "load", "parameter_table", "save"]
 
 
-def parameter_table(model: TransformerEncoder) -> list[tuple[str, nnx.Param, bool]]:
-    """``(format-v1 name, parameter, transposed)`` for every parameter of ``model``.
+def parameter_table(model: TransformerEncoder) -> list[tuple[str, nnx.Param, str]]:
+    """``(format-v1 name, parameter, layout)`` for every parameter of ``model``.
 
-    ``nnx.Linear.kernel`` is already (in, out), as format v1 stores it: nothing is transposed.
+    ``nnx.Linear.kernel`` is already (in, out), as format v1 stores it: every layout is ``copy``.
     """
     emb, enc = model.embeddings, model.encoder
-    table = [("embeddings.token.weight", emb.token.embedding, False)]
+    table = []
+    if emb.token is not None:
+        table.append(("embeddings.token.weight", emb.token.embedding, "copy"))
+    if emb.patch is not None:
+        table.append(("embeddings.patch.weight", emb.patch.weight, "copy"))
+        table.append(("embeddings.patch.bias", emb.patch.bias, "copy"))
+        table.append(("embeddings.class_token", emb.class_token, "copy"))
     if emb.position is not None:
-        table.append(("embeddings.position.weight", emb.position.embedding, False))
+        table.append(("embeddings.position.weight", emb.position.embedding, "copy"))
     if emb.token_type is not None:
-        table.append(("embeddings.token_type.weight", emb.token_type.embedding, False))
+        table.append(("embeddings.token_type.weight", emb.token_type.embedding, "copy"))
     if emb.norm is not None:
         table += _norm("embeddings.norm", emb.norm)
+    if emb.project is not None:
+        table += _linear("embeddings.project", emb.project)
     for i, layer in enumerate(enc.layers):
         p = f"layers.{i}"
         for name in ("q", "k", "v", "out"):
@@ -45,32 +54,33 @@ def parameter_table(model: TransformerEncoder) -> list[tuple[str, nnx.Param, boo
     return table
 
 
-def _linear(prefix: str, linear: nnx.Linear) -> list[tuple[str, nnx.Param, bool]]:
-    return [(f"{prefix}.weight", linear.kernel, False), (f"{prefix}.bias", linear.bias, False)]
+def _linear(prefix: str, linear: nnx.Linear) -> list[tuple[str, nnx.Param, str]]:
+    return [(f"{prefix}.weight", linear.kernel, "copy"), (f"{prefix}.bias", linear.bias, "copy")]
 
 
-def _norm(prefix: str, norm: nnx.LayerNorm) -> list[tuple[str, nnx.Param, bool]]:
-    return [(f"{prefix}.weight", norm.scale, False), (f"{prefix}.bias", norm.bias, False)]
+def _norm(prefix: str, norm: nnx.LayerNorm) -> list[tuple[str, nnx.Param, str]]:
+    return [(f"{prefix}.weight", norm.scale, "copy"), (f"{prefix}.bias", norm.bias, "copy")]
 
 
 def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
     """Format-v1 weights as NumPy arrays (bfloat16 and float16 come out as float32)."""
     out = {}
-    for name, param, transposed in parameter_table(model):
+    for name, param, layout in parameter_table(model):
         t = param[...]
         if t.dtype in (jnp.bfloat16, jnp.float16):
             t = t.astype(jnp.float32)  # NumPy has no bfloat16
         a = np.asarray(t)
-        out[name] = np.array(a.T if transposed else a, order="C")  # a copy, never a view
+        (a,) = layouts.LAYOUTS[layout].split(a, 1)
+        out[name] = np.array(a, order="C")  # a copy, never a view
     return out
 
 
 def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) -> TransformerEncoder:
     """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see ``shared.weights.validate``."""
     v1.validate(weights, model.config)
-    for name, param, transposed in parameter_table(model):
+    for name, param, layout in parameter_table(model):
         a = v1.as_numpy_float(weights[name])
-        a = a.T if transposed else a
+        a = layouts.LAYOUTS[layout].join([a], 1)
         param[...] = jnp.asarray(a, dtype=param.dtype)
     return model
 

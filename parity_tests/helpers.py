@@ -124,8 +124,8 @@ def torch_forward_backward(
     )
     (h * t(probe, dtype)).sum().backward()
     grads = {
-        name: to_numpy(p.grad.T if transposed else p.grad)
-        for name, p, transposed in torch_impl.parameter_table(model)
+        name: to_numpy(p.grad.T if layout == "transpose" else p.grad)
+        for name, p, layout in torch_impl.parameter_table(model)
     }
     return {
         "h": to_numpy(h),

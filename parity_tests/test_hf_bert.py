@@ -422,5 +422,5 @@ def test_missing_config_json_truncated_file_and_missing_folder_are_refused(tmp_p
 
 
 def test_command_line_reports_an_error_and_fails(tmp_path, capsys):
-    assert hf.main([str(make_folder(tmp_path, TINY | {"model_type": "gpt2"})), "x.st"]) == 1
-    assert "model_type is 'gpt2'" in capsys.readouterr().err
+    assert hf.main([str(make_folder(tmp_path, TINY | {"model_type": "deberta"})), "x.st"]) == 1
+    assert "model_type is 'deberta'" in capsys.readouterr().err

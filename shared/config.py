@@ -34,12 +34,19 @@ class EncoderConfig:
     type_vocab_size: int = 0  # token-type (segment) embedding rows; 0 = no token types
     embed_norm: bool = False  # LayerNorm after the embedding sum, as in BERT
     final_norm: bool = False  # LayerNorm after the last layer, as pre-norm models need
+    # Added with checkpoint format 2, each for a family of pretrained checkpoints:
+    causal: bool = False  # every call is causal, as GPT-2 (is_causal=True still works alone)
+    position_pad_id: int | None = None  # RoBERTa: positions from input_ids, pads at this id
+    embed_dim: int = 0  # ELECTRA: embedding width E, projected to d_model; 0 = d_model, none
+    image_size: int = 0  # ViT: square images this many pixels wide; 0 = text (input_ids)
+    patch_size: int = 16  # ViT: square patches, each one token (image_size % patch_size == 0)
+    num_channels: int = 3  # ViT: colour channels of pixel_values (B, C, H, W)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("type_vocab_size", self.type_vocab_size, minimum=0)
-        for name in ("norm_first", "embed_norm", "final_norm"):
+        for name in ("norm_first", "embed_norm", "final_norm", "causal"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be a bool")
@@ -55,6 +62,66 @@ class EncoderConfig:
             raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
         if self.positional not in POSITIONAL_KINDS:
             raise ValueError(f"positional={self.positional!r} must be one of {POSITIONAL_KINDS}")
+        self._check_format2_fields()
+
+    def _check_format2_fields(self) -> None:
+        if self.position_pad_id is not None:
+            _check_int("position_pad_id", self.position_pad_id, minimum=0)
+            if self.positional != "learned":
+                raise ValueError(
+                    f"position_pad_id={self.position_pad_id} needs positional='learned', "
+                    f"got {self.positional!r}"
+                )
+            if self.position_pad_id + 2 > self.max_len:
+                raise ValueError(
+                    f"position_pad_id={self.position_pad_id} needs max_len >= "
+                    f"position_pad_id + 2 = {self.position_pad_id + 2} (real tokens start at "
+                    f"position_pad_id + 1), got max_len={self.max_len}"
+                )
+        self._check_image_fields()
+        _check_int("embed_dim", self.embed_dim, minimum=0)
+        if self.embed_dim == self.d_model:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} equals d_model: use embed_dim=0 (no projection)"
+            )
+
+    def _check_image_fields(self) -> None:
+        _check_int("image_size", self.image_size, minimum=0)
+        _check_int("patch_size", self.patch_size, minimum=1)
+        _check_int("num_channels", self.num_channels, minimum=1)
+        if not self.image_size:
+            return
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
+            )
+        if self.max_len != self.n_patches + 1:
+            raise ValueError(
+                f"max_len={self.max_len} must be n_patches + 1 = {self.n_patches + 1} for "
+                f"image_size={self.image_size}, patch_size={self.patch_size} (one position "
+                "per patch and one for the class token)"
+            )
+        for name, text_only in (
+            ("positional", "learned"),
+            ("type_vocab_size", 0),
+            ("position_pad_id", None),
+            ("embed_dim", 0),
+        ):
+            if getattr(self, name) != text_only:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} with image_size={self.image_size}: a ViT "
+                    f"needs {name}={text_only!r}"
+                )
+
+    @property
+    def n_patches(self) -> int:
+        """Tokens of an image before the class token: (image_size / patch_size)^2."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def embed_width(self) -> int:
+        """Width of the embedding tables and their LayerNorm (E): embed_dim, or d_model."""
+        return self.embed_dim or self.d_model
 
     @property
     def head_dim(self) -> int:

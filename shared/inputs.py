@@ -13,7 +13,7 @@ import numpy as np
 
 from shared.config import EncoderConfig
 
-__all__ = ["Spec", "check_inputs", "check_mask_shape"]
+__all__ = ["Spec", "check_inputs", "check_mask_shape", "check_pixels"]
 
 
 class Spec(NamedTuple):
@@ -36,6 +36,8 @@ def check_inputs(
     token_type_ids: np.ndarray | Spec | None = None,
 ) -> None:
     """Raise ``ValueError`` (or ``TypeError`` for a wrong dtype) naming what is wrong."""
+    if input_ids is None:
+        raise ValueError("input_ids (batch, seq_len) is required by a text model, got None")
     shape, kind = _shape_kind(input_ids)
     if kind not in "iu":
         raise TypeError(f"input_ids must be integers, got dtype kind {kind!r} (shape {shape})")
@@ -112,3 +114,40 @@ def check_mask_shape(shape: tuple[int, ...], kind: str, *, b: int, h: int, t: in
             f"attention mask must have shape (B|1, H|1, T|1, S) = ({b}|1, {h}|1, {t}|1, {s}), "
             f"got {shape}"
         )
+
+
+def check_pixels(
+    cfg: EncoderConfig,
+    pixel_values: np.ndarray | Spec | None,
+    *,
+    input_ids: bool,
+    attention_mask: bool,
+    token_type_ids: bool,
+) -> None:
+    """The call of a ViT: ``pixel_values`` (B, C, H, W) floats only. The flags say which
+    token arguments were given (each an error here, as the reverse is for a text model).
+    Also called for a text model given no ``input_ids``, to say what it needs."""
+    if not cfg.image_size and pixel_values is None:
+        raise ValueError("input_ids (batch, seq_len) is required by a text model, got None")
+    if not cfg.image_size:
+        raise ValueError(
+            "pixel_values given to a text model (image_size=0); expected input_ids (batch, seq_len)"
+        )
+    expected = f"(batch, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size})"
+    for name, given in (
+        ("input_ids", input_ids),
+        ("attention_mask", attention_mask),
+        ("token_type_ids", token_type_ids),
+    ):
+        if given:
+            raise ValueError(
+                f"{name} given to a ViT (image_size={cfg.image_size}); expected only "
+                f"pixel_values {expected}"
+            )
+    if pixel_values is None:
+        raise ValueError(f"a ViT needs pixel_values {expected}, got None")
+    shape, kind = _shape_kind(pixel_values)
+    if kind != "f":
+        raise TypeError(f"pixel_values must be floats, got dtype kind {kind!r} (shape {shape})")
+    if len(shape) != 4 or shape[1:] != (cfg.num_channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"pixel_values must have shape {expected}, got {shape}")

@@ -4,7 +4,8 @@ Both implementations are tested against it. It reads format-v1 weights directly 
 weights (in, out), so every projection is ``x @ W + b``), and is slow on purpose: plain
 loops over layers, no fusion, every intermediate in float64.
 
-Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim, F d_ff.
+Notation: B batch, T query length, S key length, D d_model, E embedding width, H heads,
+hd head_dim, F d_ff.
 """
 
 from __future__ import annotations
@@ -112,21 +113,29 @@ def forward(
     *,
     is_causal: bool = False,
     attn_mask: np.ndarray | None = None,
+    pixel_values: np.ndarray | None = None,
 ) -> Output:
     """The encoder in float64, in eval mode (no dropout).
+
+    A ViT (``cfg.image_size``) takes ``pixel_values`` (B, C, H, W) instead of ``input_ids``.
 
     ``attn_mask``: an optional general boolean mask (B|1, 1|H, T, T), True = may attend,
     combined (logical and) with ``attention_mask`` and ``is_causal``.
     """
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    if cfg.image_size:
+        x = _patch_embeddings(w, cfg, np.asarray(pixel_values, dtype=np.float64))
+        return _stack(w, cfg, x, None, is_causal, attn_mask)
     input_ids = np.asarray(input_ids)
-    _, t = input_ids.shape
-
-    x = w["embeddings.token.weight"][input_ids]  # (B, T, D), not scaled by sqrt(D)
-    if cfg.positional == "learned":
-        x = x + w["embeddings.position.weight"][:t]
+    x = w["embeddings.token.weight"][input_ids]  # (B, T, E), not scaled by sqrt(D)
+    if cfg.position_pad_id is not None:  # RoBERTa: count the non-pad ids, pads at pad
+        real = input_ids != cfg.position_pad_id
+        positions = np.cumsum(real, axis=1) * real + cfg.position_pad_id  # (B, T)
+        x = x + w["embeddings.position.weight"][positions]
+    elif cfg.positional == "learned":
+        x = x + w["embeddings.position.weight"][: input_ids.shape[1]]
     else:
-        x = x + sinusoidal(t, cfg.d_model)
+        x = x + sinusoidal(input_ids.shape[1], cfg.embed_width)
     if cfg.type_vocab_size > 0:
         types = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids)
         x = x + w["embeddings.token_type.weight"][types]
@@ -134,8 +143,37 @@ def forward(
         x = layer_norm(
             x, w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
         )
+    if cfg.embed_dim:  # ELECTRA: E -> D
+        x = x @ w["embeddings.project.weight"] + w["embeddings.project.bias"]
+    return _stack(w, cfg, x, attention_mask, is_causal, attn_mask)
 
-    mask = masks.make_attention_mask(attention_mask, is_causal=is_causal, q_len=t)
+
+def _patch_embeddings(
+    w: dict[str, np.ndarray], cfg: EncoderConfig, pixels: np.ndarray
+) -> np.ndarray:
+    """ViT: (B, C, H, W) -> (B, 1 + N, D): the class token, then one token per patch, plus
+    learned positions. Patch (i, j) is the vector of pixels[c, iP:(i+1)P, jP:(j+1)P]."""
+    b, c, h, width = pixels.shape
+    p = cfg.patch_size
+    patches = pixels.reshape(b, c, h // p, p, width // p, p).transpose(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(b, (h // p) * (width // p), c * p * p)  # (B, N, C*P*P)
+    x = patches @ w["embeddings.patch.weight"].reshape(c * p * p, -1) + w["embeddings.patch.bias"]
+    cls = np.broadcast_to(w["embeddings.class_token"], (b, 1, x.shape[-1]))
+    x = np.concatenate([cls, x], axis=1)  # (B, 1 + N, D)
+    return x + w["embeddings.position.weight"]
+
+
+def _stack(
+    w: dict[str, np.ndarray],
+    cfg: EncoderConfig,
+    x: np.ndarray,
+    attention_mask: np.ndarray | None,
+    is_causal: bool,
+    attn_mask: np.ndarray | None,
+) -> Output:
+    """The layers (and the final norm) over embeddings ``x`` (B, T, D)."""
+    t = x.shape[1]
+    mask = masks.make_attention_mask(attention_mask, is_causal=is_causal or cfg.causal, q_len=t)
     if attn_mask is not None:
         mask = attn_mask if mask is None else mask & attn_mask
     eps = cfg.layer_norm_eps
@@ -186,10 +224,10 @@ def init_weights(cfg: EncoderConfig, seed: int = 0) -> dict[str, np.ndarray]:
                 if name.endswith("weight")
                 else (0.1 * rng.standard_normal(shape))
             )
-        elif name.startswith("embeddings."):  # embedding tables
+        elif name.startswith("embeddings.") and module not in ("project", "patch"):  # tables
             a = 0.5 * rng.standard_normal(shape)
-        elif len(shape) == 2:  # linear weights (in, out)
-            a = rng.standard_normal(shape) / math.sqrt(shape[0])
+        elif len(shape) >= 2:  # linear weights (in, out), the patch one (C, P, P, D)
+            a = rng.standard_normal(shape) / math.sqrt(math.prod(shape[:-1]))
         else:  # linear biases
             a = 0.1 * rng.standard_normal(shape)
         out[name] = a.astype(np.float32)

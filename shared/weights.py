@@ -1,4 +1,4 @@
-"""Checkpoint format v1: one framework-neutral ``{name: array}`` map in a safetensors file.
+"""Checkpoint format v1 (and 2): one framework-neutral ``{name: array}`` map in a safetensors file.
 
 Layout (``D`` = d_model, ``F`` = d_ff, ``V`` = vocab_size)::
 
@@ -12,6 +12,15 @@ Layout (``D`` = d_model, ``F`` = d_ff, ``V`` = vocab_size)::
     layers.{i}.norm2.weight|bias      (D,)   the norm around the feed-forward block
     final_norm.weight|bias            (D,)                  only if final_norm
 
+Format 2 ("twin-encoder/2") adds EncoderConfig fields (:data:`FORMAT_2_FIELDS`) and one
+tensor; a file is written as format 1 whenever its config uses none of them, and both load:
+
+    embeddings.project.weight (E, D), .bias (D,)            only if embed_dim (E) > 0;
+                                                            then the tables and
+                                                            embeddings.norm are E wide
+    embeddings.patch.weight (C, P, P, D), .bias (D,)        only if image_size > 0 (ViT),
+    embeddings.class_token  (1, D)                          instead of embeddings.token
+
 Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the paper; PyTorch's
 ``nn.Linear`` keeps (out, in) and transposes on the way in and out. Head ``h`` of q, k and v
 is columns ``h*hd:(h+1)*hd``, and rows ``h*hd:(h+1)*hd`` of ``out.weight``.
@@ -22,6 +31,7 @@ Loading is strict and never unpickles anything; saving is atomic (temporary file
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -29,36 +39,56 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import EncoderConfig
+from shared.layouts import CheckpointError, check_names
 
 __all__ = [
     "FORMAT",
+    "FORMATS",
+    "FORMAT_2",
     "CheckpointError",
     "as_numpy_float",
     "expected_shapes",
+    "format_of",
     "load_file",
     "save_file",
     "validate",
 ]
 
 FORMAT = "twin-encoder/1"
+FORMAT_2 = "twin-encoder/2"  # format 1 plus the EncoderConfig fields below
+FORMATS = (FORMAT, FORMAT_2)
+# EncoderConfig fields that format 1 does not know, with the value that means "not used".
+FORMAT_2_FIELDS = {
+    "causal": False,
+    "position_pad_id": None,
+    "embed_dim": 0,
+    "image_size": 0,
+    "patch_size": 16,
+    "num_channels": 3,
+}
 
 Weights = dict[str, np.ndarray]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or weight map that does not match format v1 or its config."""
-
-
 def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order."""
-    d, f = cfg.d_model, cfg.d_ff
-    shapes: dict[str, tuple[int, ...]] = {"embeddings.token.weight": (cfg.vocab_size, d)}
+    d, f, e = cfg.d_model, cfg.d_ff, cfg.embed_width
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.image_size:
+        p = cfg.patch_size
+        shapes["embeddings.patch.weight"] = (cfg.num_channels, p, p, e)
+        shapes["embeddings.patch.bias"] = (e,)
+        shapes["embeddings.class_token"] = (1, e)
+    else:
+        shapes["embeddings.token.weight"] = (cfg.vocab_size, e)
     if cfg.positional == "learned":
-        shapes["embeddings.position.weight"] = (cfg.max_len, d)
+        shapes["embeddings.position.weight"] = (cfg.max_len, e)
     if cfg.type_vocab_size > 0:
-        shapes["embeddings.token_type.weight"] = (cfg.type_vocab_size, d)
+        shapes["embeddings.token_type.weight"] = (cfg.type_vocab_size, e)
     if cfg.embed_norm:
-        shapes |= _norm("embeddings.norm", d)
+        shapes |= _norm("embeddings.norm", e)
+    if cfg.embed_dim:
+        shapes |= _linear("embeddings.project", e, d)
     for i in range(cfg.n_layers):
         p = f"layers.{i}"
         for name in ("q", "k", "v", "out"):
@@ -80,22 +110,33 @@ def _norm(prefix: str, d: int) -> dict[str, tuple[int, ...]]:
     return {f"{prefix}.weight": (d,), f"{prefix}.bias": (d,)}
 
 
+def format_of(cfg: EncoderConfig) -> str:
+    """The oldest format that can hold ``cfg``: format 1 unless a format-2 field is used."""
+    config = cfg.to_dict()
+    used = any(config[name] != unused for name, unused in FORMAT_2_FIELDS.items())
+    return FORMAT_2 if used else FORMAT
+
+
+def _config_json(cfg: EncoderConfig, fmt: str) -> str:
+    """The config as JSON; format 1 files leave out the format-2 fields (older readers
+    reject fields they do not know)."""
+    config = cfg.to_dict()
+    if fmt == FORMAT:
+        config = {k: v for k, v in config.items() if k not in FORMAT_2_FIELDS}
+    return json.dumps(config, sort_keys=True)
+
+
 def validate(weights: Weights, cfg: EncoderConfig) -> None:
     """Raise :class:`CheckpointError` unless ``weights`` is exactly format v1 for ``cfg``."""
     expected = expected_shapes(cfg)
-    missing = [k for k in expected if k not in weights]
-    unexpected = sorted(k for k in weights if k not in expected)
-    if missing:
-        raise CheckpointError(
-            f"missing tensor {missing[0]!r} (expected shape {expected[missing[0]]})"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
-    if unexpected:
-        raise CheckpointError(
-            f"unexpected tensor {unexpected[0]!r} (shape {tuple(np.shape(weights[unexpected[0]]))})"
-            f" not in format v1 for this config"
-            + (f"; and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
-        )
+    check_names(
+        expected,
+        weights,
+        detail=lambda name: f" (expected shape {expected[name]})",
+        unexpected_detail=lambda name: (
+            f" (shape {tuple(np.shape(weights[name]))}) not in format v1 for this config"
+        ),
+    )
     for name, shape in expected.items():
         array = weights[name]
         found = tuple(np.shape(array))
@@ -120,7 +161,8 @@ def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> 
     validate(weights, cfg)
     path = Path(path)
     tensors = {k: np.ascontiguousarray(weights[k]) for k in expected_shapes(cfg)}
-    metadata = {"format": FORMAT, "config": cfg.to_json()}
+    fmt = format_of(cfg)
+    metadata = {"format": fmt, "config": _config_json(cfg, fmt)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
     try:
@@ -149,9 +191,10 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
             f"{path} is not a readable safetensors file (truncated, corrupt or another "
             f"format; pickle-based .bin/.pt files are never loaded): {e}"
         ) from None
-    if metadata.get("format") != FORMAT:
+    fmt = metadata.get("format")
+    if fmt not in FORMATS:
         raise CheckpointError(
-            f"{path}: metadata 'format' is {metadata.get('format')!r}, expected {FORMAT!r}"
+            f"{path}: metadata 'format' is {fmt!r}, expected {FORMAT!r} or {FORMAT_2!r}"
         )
     if "config" not in metadata:
         raise CheckpointError(f"{path}: metadata has no 'config'")
@@ -159,6 +202,11 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
         cfg = EncoderConfig.from_json(metadata["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata 'config' is invalid: {e}") from None
+    if fmt == FORMAT and format_of(cfg) != FORMAT:
+        raise CheckpointError(
+            f"{path}: metadata 'format' is {FORMAT!r}, but its config uses format-2 fields "
+            f"({', '.join(FORMAT_2_FIELDS)}); expected {FORMAT_2!r}"
+        )
     try:
         validate(weights, cfg)
     except CheckpointError as e:

@@ -2,7 +2,8 @@
 
 Mirrors ``jax_impl/encoder.py`` statement for statement.
 
-Notation: B batch, T sequence length, D d_model, F d_ff, V vocab_size, N n_layers.
+Notation: B batch, T sequence length, D d_model, E embedding width, F d_ff, V vocab_size,
+N n_layers.
 
 Initialisation (the same distributions in both implementations): linear weights Xavier
 uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zero.
@@ -17,11 +18,18 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from shared.config import EncoderConfig
-from shared.inputs import Spec, check_inputs
+from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
 from torch_impl.attention import MultiHeadAttention, dtype_kind, linear
 
-__all__ = ["Embeddings", "Encoder", "EncoderLayer", "FeedForward", "TransformerEncoder"]
+__all__ = [
+    "Embeddings",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "PatchEmbeddings",
+    "TransformerEncoder",
+]
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -34,39 +42,74 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def layer_norm(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.LayerNorm:
-    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
+def layer_norm(
+    cfg: EncoderConfig, dtype: torch.dtype | None, *, width: int | None = None
+) -> nn.LayerNorm:
+    return nn.LayerNorm(width or cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
 
 
 def _embedding(rows: int, cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Embedding:
-    embedding = nn.Embedding(rows, cfg.d_model, dtype=dtype)
+    embedding = nn.Embedding(rows, cfg.embed_width, dtype=dtype)
     nn.init.normal_(embedding.weight, std=1.0)
     return embedding
 
 
+def _class_token(cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Parameter:
+    return nn.Parameter(torch.randn(1, cfg.d_model, dtype=dtype))  # (1, D), N(0, 1)
+
+
+class PatchEmbeddings(nn.Module):
+    """ViT's front end: each P x P patch of a (B, C, H, W) image, flattened, times W + b.
+
+    transformers writes it as a Conv2d with kernel = stride = P; that is this matmul. The
+    weight is kept (C, P, P, D), as the checkpoint stores it.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        c, p, d = cfg.num_channels, cfg.patch_size, cfg.d_model
+        self.weight = nn.Parameter(torch.empty(c, p, p, d, dtype=dtype))
+        nn.init.xavier_uniform_(self.weight.view(c * p * p, d))
+        self.bias = nn.Parameter(torch.zeros(d, dtype=dtype))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D), patches in row-major order over the grid."""
+        b, c, h, w = pixel_values.shape
+        p = self.patch_size
+        x = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        x = x.reshape(b, (h // p) * (w // p), c * p * p)  # (B, N, C*P*P)
+        return x @ self.weight.reshape(c * p * p, -1) + self.bias[None, None]  # (B, N, D)
+
+
 class Embeddings(nn.Module):
-    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout.
+    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout, then
+    a projection E -> D if ``embed_dim`` (ELECTRA; the tables are E wide, else D).
 
     The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
-    Sinusoidal positions extend past ``max_len``; learned ones cannot.
+    Sinusoidal positions extend past ``max_len``; learned ones cannot. Positions are
+    0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = cfg
-        self.token = _embedding(cfg.vocab_size, cfg, dtype)
+        self.token = None if cfg.image_size else _embedding(cfg.vocab_size, cfg, dtype)
+        self.patch = PatchEmbeddings(cfg, dtype=dtype) if cfg.image_size else None
+        self.class_token = _class_token(cfg, dtype) if cfg.image_size else None
         if cfg.positional == "learned":
             self.position = _embedding(cfg.max_len, cfg, dtype)
         else:
             self.position = None
-            table = sinusoidal(cfg.max_len, cfg.d_model)  # (max_len, D), float64
+            table = sinusoidal(cfg.max_len, cfg.embed_width)  # (max_len, E), float64
             table = torch.from_numpy(table).to(dtype or torch.get_default_dtype())
             self.register_buffer("sinusoid", table, persistent=False)
         self.token_type = (
             _embedding(cfg.type_vocab_size, cfg, dtype) if cfg.type_vocab_size else None
         )
-        self.norm = layer_norm(cfg, dtype) if cfg.embed_norm else None
+        self.norm = layer_norm(cfg, dtype, width=cfg.embed_width) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
+        self.project = linear(cfg.embed_dim, cfg.d_model, dtype=dtype) if cfg.embed_dim else None
 
     def positions(self, t: int) -> torch.Tensor:
         """(T, D) position vectors for positions 0..T-1."""
@@ -74,20 +117,45 @@ class Embeddings(nn.Module):
             return self.position.weight[:t]
         if t <= self.sinusoid.shape[0]:
             return self.sinusoid[:t]
-        table = torch.from_numpy(sinusoidal(t, self.config.d_model))
+        table = torch.from_numpy(sinusoidal(t, self.config.embed_width))
         return table.to(device=self.sinusoid.device, dtype=self.sinusoid.dtype)
+
+    def padded_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) RoBERTa's position ids: real tokens count from pad + 1, pads sit at pad.
+
+        Computed from the ids, as transformers does (not from the attention mask), so that
+        left padding and pads inside a sequence give the same positions as there.
+        """
+        pad = self.config.position_pad_id
+        real = (input_ids != pad).long()  # (B, T)
+        return torch.cumsum(real, dim=1) * real + pad
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         t = input_ids.shape[1]
-        x = self.token(input_ids)  # (B, T, D)
-        x = x + self.positions(t)[None]  # (B, T, D) + (1, T, D)
+        x = self.token(input_ids)  # (B, T, E)
+        if self.config.position_pad_id is None:
+            x = x + self.positions(t)[None]  # (B, T, E) + (1, T, E)
+        else:
+            x = x + self.position(self.padded_positions(input_ids))  # (B, T, E)
         if self.token_type is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
+        x = self.dropout(x)
+        if self.project is not None:
+            x = self.project(x)  # (B, T, E) -> (B, T, D)
+        return x
+
+    def from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """ViT: (B, C, H, W) -> (B, 1 + N, D): the class token, then one token per patch,
+        plus learned positions over all 1 + N, then dropout (no LayerNorm, as ViT)."""
+        x = self.patch(pixel_values)  # (B, N, D)
+        cls = self.class_token[None].expand(x.shape[0], 1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
+        x = x + self.position.weight[None]  # (B, 1 + N, D) + (1, 1 + N, D)
         return self.dropout(x)
 
 
@@ -226,10 +294,11 @@ class TransformerEncoder(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         *,
+        pixel_values: torch.Tensor | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
@@ -245,11 +314,21 @@ class TransformerEncoder(nn.Module):
             return_attention: also return each layer's (B, H, T, T) attention weights.
             return_hidden_states: also return the N + 1 hidden states (embeddings, then each
                 layer's output before the final norm).
+            pixel_values: (B, C, H, W) floats, for a ViT (``image_size``) instead of the token
+                arguments; the output is then (B, 1 + N patches, D), class token first.
 
         Returns:
             ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
             ``(h, attentions, hidden_states)``, as requested.
         """
+        if self.config.image_size or pixel_values is not None or input_ids is None:
+            return self._forward_pixels(
+                pixel_values,
+                given=(input_ids, attention_mask, token_type_ids),
+                is_causal=is_causal,
+                return_attention=return_attention,
+                return_hidden_states=return_hidden_states,
+            )
         check_inputs(
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
@@ -261,6 +340,7 @@ class TransformerEncoder(nn.Module):
             token_type_ids = torch.as_tensor(token_type_ids, device=device)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         key_padding_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
+        is_causal = is_causal or self.config.causal
         x, attentions, hidden_states = self.encoder(
             x,
             key_padding_mask=key_padding_mask,
@@ -273,6 +353,33 @@ class TransformerEncoder(nn.Module):
             outputs += (attentions,)
         if return_hidden_states:
             outputs += (hidden_states,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _forward_pixels(
+        self, pixel_values, *, given, is_causal, return_attention, return_hidden_states
+    ):
+        """The ViT path of :meth:`forward`: no padding mask, no token arguments (``given``)."""
+        if pixel_values is not None:
+            pixel_values = torch.as_tensor(pixel_values)
+        input_ids, attention_mask, token_type_ids = (a is not None for a in given)
+        check_pixels(
+            self.config,
+            _values(pixel_values),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+        )
+        weight = self.embeddings.patch.weight
+        x = self.embeddings.from_pixels(pixel_values.to(device=weight.device, dtype=weight.dtype))
+        is_causal = is_causal or self.config.causal
+        x, attentions, hidden_states = self.encoder(
+            x,
+            is_causal=is_causal,
+            return_attention=return_attention,
+            return_hidden_states=return_hidden_states,
+        )
+        outputs = (x,) + ((attentions,) if return_attention else ())
+        outputs += (hidden_states,) if return_hidden_states else ()
         return outputs[0] if len(outputs) == 1 else outputs
 
 

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared import layouts
 from shared.config import EncoderConfig
-from shared.weights import CheckpointError
 
 __all__ = [
     "ATTENTION_TABLE",
@@ -51,29 +51,21 @@ __all__ = [
 ]
 
 Weights = dict[str, np.ndarray]
-Row = tuple[str, tuple[str, ...], str]  # (native name, format-v1 name(s), layout)
+Row = layouts.Row  # (native name, format-v1 name(s), layout)
 
-# How a native tensor is made of format-v1 tensors:
-#   "copy"              the same array
-#   "transpose"         (in, out) -> (out, in)
-#   "stack"             [b_q; b_k; b_v]            (3D,)
-#   "stack_transposed"  [W_q^T; W_k^T; W_v^T]      (3D, D)
-LAYOUTS = ("copy", "transpose", "stack", "stack_transposed")
+# Layouts: shared/layouts.py.
 
 # nn.MultiheadAttention             format v1 (under "attention.")                layout
 ATTENTION_TABLE: tuple[Row, ...] = (
-    ("in_proj_weight", ("q.weight", "k.weight", "v.weight"), "stack_transposed"),
-    ("in_proj_bias", ("q.bias", "k.bias", "v.bias"), "stack"),
+    ("in_proj_weight", ("q.weight", "k.weight", "v.weight"), "fused_columns_transposed"),
+    ("in_proj_bias", ("q.bias", "k.bias", "v.bias"), "fused_columns"),
     ("out_proj.weight", ("out.weight",), "transpose"),
     ("out_proj.bias", ("out.bias",), "copy"),
 )
 
 # nn.TransformerEncoderLayer        format v1 (under "layers.{i}.")               layout
 _LAYER_TABLE: tuple[Row, ...] = (
-    *(
-        (f"self_attn.{native}", tuple(f"attention.{n}" for n in ours), layout)
-        for native, ours, layout in ATTENTION_TABLE
-    ),
+    *layouts.prefixed(ATTENTION_TABLE, "self_attn.", "attention."),
     ("norm1.weight", ("norm1.weight",), "copy"),
     ("norm1.bias", ("norm1.bias",), "copy"),
     ("linear1.weight", ("ffn.in.weight",), "transpose"),
@@ -93,11 +85,7 @@ _FINAL_NORM_TABLE: tuple[Row, ...] = (
 
 def encoder_table(n_layers: int, *, final_norm: bool) -> list[Row]:
     """Every parameter of the native encoder stack with its format-v1 source, in order."""
-    rows = [
-        (f"layers.{i}.{native}", tuple(f"layers.{i}.{n}" for n in ours), layout)
-        for i in range(n_layers)
-        for native, ours, layout in _LAYER_TABLE
-    ]
+    rows = layouts.stacked(_LAYER_TABLE, n_layers, "layers.{i}.")
     return rows + list(_FINAL_NORM_TABLE if final_norm else ())
 
 
@@ -196,20 +184,14 @@ def import_attention(
 
     ``prefix`` selects one layer of a whole checkpoint, e.g. ``"layers.0.attention."``.
     """
-    rows = [
-        (native, tuple(prefix + n for n in ours), layout)
-        for native, ours, layout in ATTENTION_TABLE
-    ]
-    _copy_in(mha, rows, weights)
+    rows = layouts.prefixed(ATTENTION_TABLE, ours=prefix)
+    _copy_in(mha, rows, weights, mha.num_heads)
     return mha
 
 
 def export_attention(mha: nn.MultiheadAttention, *, prefix: str = "") -> Weights:
     """The weights of ``mha`` in format v1, names ``{prefix}q.weight`` ... ``{prefix}out.bias``."""
-    rows = [
-        (native, tuple(prefix + n for n in ours), layout)
-        for native, ours, layout in ATTENTION_TABLE
-    ]
+    rows = layouts.prefixed(ATTENTION_TABLE, ours=prefix)
     return _copy_out(mha, rows)
 
 
@@ -218,7 +200,7 @@ def import_encoder(encoder: nn.TransformerEncoder, weights: Weights) -> nn.Trans
 
     Other tensors (the embeddings) are not read, so a whole checkpoint can be passed.
     """
-    _copy_in(encoder, _table_of(encoder), weights)
+    _copy_in(encoder, _table_of(encoder), weights, encoder.layers[0].self_attn.num_heads)
     return encoder
 
 
@@ -231,72 +213,20 @@ def _table_of(encoder: nn.TransformerEncoder) -> list[Row]:
     return encoder_table(len(encoder.layers), final_norm=encoder.norm is not None)
 
 
-def _to_native(layout: str, arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Format-v1 arrays -> the native array, as ``layout`` says."""
-    if layout == "copy":
-        return arrays[0]
-    if layout == "transpose":
-        return arrays[0].T  # (in, out) -> (out, in)
-    if layout == "stack":
-        return np.concatenate(arrays)  # (3D,)
-    if layout == "stack_transposed":
-        return np.concatenate([a.T for a in arrays])  # (3D, D): rows [q; k; v]
-    raise ValueError(f"unknown layout {layout!r}; known: {LAYOUTS}")
-
-
-def _from_native(layout: str, array: np.ndarray, count: int) -> list[np.ndarray]:
-    """The native array -> ``count`` format-v1 arrays: the inverse of :func:`_to_native`."""
-    if layout == "copy":
-        return [array]
-    if layout == "transpose":
-        return [array.T]
-    if layout == "stack":
-        return np.split(array, count)  # count x (D,)
-    if layout == "stack_transposed":
-        return [a.T for a in np.split(array, count)]  # count x (D, D), (in, out)
-    raise ValueError(f"unknown layout {layout!r}; known: {LAYOUTS}")
-
-
-def _copy_in(module: nn.Module, rows: Sequence[Row], weights: Weights) -> None:
-    sources = [name for _, names, _ in rows for name in names]
-    missing = [name for name in sources if name not in weights]
-    if missing:
-        raise CheckpointError(
-            f"missing tensor {missing[0]!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
+def _copy_in(module: nn.Module, rows: Sequence[Row], weights: Weights, n_heads: int) -> None:
+    shapes = {native: tuple(module.get_parameter(native).shape) for native, _, _ in rows}
+    arrays = layouts.to_outside(rows, weights, shapes=shapes, n_heads=n_heads)
     with torch.no_grad():
-        for native, names, layout in rows:
+        for native, array in arrays.items():
             param = module.get_parameter(native)
-            arrays = [np.asarray(weights[n]) for n in names]
-            _check_shapes(native, tuple(param.shape), names, arrays, layout)
-            array = _to_native(layout, arrays)
             param.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(param.dtype))
 
 
-def _check_shapes(
-    native: str,
-    native_shape: tuple[int, ...],
-    names: Sequence[str],
-    arrays: Sequence[np.ndarray],
-    layout: str,
-) -> None:
-    """Raise unless each format-v1 array has the shape that ``native``'s shape implies."""
-    expected = _from_native(layout, np.empty(native_shape), len(names))
-    for name, array, want in zip(names, arrays, expected, strict=True):
-        if array.shape != want.shape:
-            raise CheckpointError(
-                f"tensor {name!r}: expected shape {want.shape} (for {native!r} of shape "
-                f"{native_shape}), found {array.shape}"
-            )
-
-
 def _copy_out(module: nn.Module, rows: Sequence[Row]) -> Weights:
-    out = {}
-    for native, names, layout in rows:
+    arrays = {}
+    for native, _, _ in rows:
         t = module.get_parameter(native).detach().cpu()
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()  # NumPy has no bfloat16
-        for name, array in zip(names, _from_native(layout, t.numpy(), len(names)), strict=True):
-            out[name] = np.array(array, order="C")  # a copy, never a view of the parameter
-    return out
+        arrays[native] = t.numpy()
+    return layouts.from_outside(rows, arrays)  # copies, never views of the parameters

@@ -1,7 +1,7 @@
 """Weight transfer between the PyTorch model and checkpoint format v1 (``shared/weights.py``).
 
-One table, :func:`parameter_table`, names every parameter in format v1 and says whether it is
-stored transposed; export, import, save and load all read it.
+One table, :func:`parameter_table`, names every parameter in format v1 with its layout (in the
+vocabulary of ``shared/layouts.py``); export, import, save and load all read it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import numpy as np
 import torch
 
+from shared import layouts
 from shared import weights as v1
 from shared.config import EncoderConfig
 from torch_impl.encoder import TransformerEncoder
@@ -18,19 +19,27 @@ from torch_impl.encoder import TransformerEncoder
 __all__ = ["export_weights", "from_weights", "import_weights", "load", "parameter_table", "save"]
 
 
-def parameter_table(model: TransformerEncoder) -> list[tuple[str, torch.Tensor, bool]]:
-    """``(format-v1 name, parameter, transposed)`` for every parameter of ``model``.
+def parameter_table(model: TransformerEncoder) -> list[tuple[str, torch.Tensor, str]]:
+    """``(format-v1 name, parameter, layout)`` for every parameter of ``model``.
 
-    ``nn.Linear.weight`` is (out, in); format v1 stores (in, out), hence ``transposed``.
+    ``nn.Linear.weight`` is (out, in); format v1 stores (in, out), hence ``transpose``.
     """
     emb, enc = model.embeddings, model.encoder
-    table = [("embeddings.token.weight", emb.token.weight, False)]
+    table = []
+    if emb.token is not None:
+        table.append(("embeddings.token.weight", emb.token.weight, "copy"))
+    if emb.patch is not None:
+        table.append(("embeddings.patch.weight", emb.patch.weight, "copy"))
+        table.append(("embeddings.patch.bias", emb.patch.bias, "copy"))
+        table.append(("embeddings.class_token", emb.class_token, "copy"))
     if emb.position is not None:
-        table.append(("embeddings.position.weight", emb.position.weight, False))
+        table.append(("embeddings.position.weight", emb.position.weight, "copy"))
     if emb.token_type is not None:
-        table.append(("embeddings.token_type.weight", emb.token_type.weight, False))
+        table.append(("embeddings.token_type.weight", emb.token_type.weight, "copy"))
     if emb.norm is not None:
         table += _norm("embeddings.norm", emb.norm)
+    if emb.project is not None:
+        table += _linear("embeddings.project", emb.project)
     for i, layer in enumerate(enc.layers):
         p = f"layers.{i}"
         for name in ("q", "k", "v", "out"):
@@ -44,23 +53,27 @@ def parameter_table(model: TransformerEncoder) -> list[tuple[str, torch.Tensor, 
     return table
 
 
-def _linear(prefix: str, linear: torch.nn.Linear) -> list[tuple[str, torch.Tensor, bool]]:
-    return [(f"{prefix}.weight", linear.weight, True), (f"{prefix}.bias", linear.bias, False)]
+def _linear(prefix: str, linear: torch.nn.Linear) -> list[tuple[str, torch.Tensor, str]]:
+    return [
+        (f"{prefix}.weight", linear.weight, "transpose"),
+        (f"{prefix}.bias", linear.bias, "copy"),
+    ]
 
 
-def _norm(prefix: str, norm: torch.nn.LayerNorm) -> list[tuple[str, torch.Tensor, bool]]:
-    return [(f"{prefix}.weight", norm.weight, False), (f"{prefix}.bias", norm.bias, False)]
+def _norm(prefix: str, norm: torch.nn.LayerNorm) -> list[tuple[str, torch.Tensor, str]]:
+    return [(f"{prefix}.weight", norm.weight, "copy"), (f"{prefix}.bias", norm.bias, "copy")]
 
 
 def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
     """Format-v1 weights as NumPy arrays (bfloat16 and float16 come out as float32)."""
     out = {}
-    for name, param, transposed in parameter_table(model):
+    for name, param, layout in parameter_table(model):
         t = param.detach().cpu()
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()  # NumPy has no bfloat16
         a = t.numpy()
-        out[name] = np.array(a.T if transposed else a, order="C")  # a copy, never a view
+        (a,) = layouts.LAYOUTS[layout].split(a, 1)
+        out[name] = np.array(a, order="C")  # a copy, never a view
     return out
 
 
@@ -68,9 +81,9 @@ def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) ->
     """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see ``shared.weights.validate``."""
     v1.validate(weights, model.config)
     with torch.no_grad():
-        for name, param, transposed in parameter_table(model):
+        for name, param, layout in parameter_table(model):
             a = v1.as_numpy_float(weights[name])
-            a = a.T if transposed else a
+            a = layouts.LAYOUTS[layout].join([a], 1)
             param.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(param.dtype))
     return model
 

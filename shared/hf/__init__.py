@@ -1,0 +1,236 @@
+"""Hugging Face checkpoint folders <-> checkpoint format (weights + ``EncoderConfig``).
+
+``load(folder)`` reads ``config.json`` + ``model.safetensors`` of BERT, RoBERTa, XLM-RoBERTa,
+DistilBERT, ELECTRA (the discriminator body), GPT-2 and ViT; ``save(weights, cfg, folder)`` writes
+a folder that ``transformers.AutoModel.from_pretrained`` loads. One module per family
+(``bert.py`` ...) says everything that differs; this module is the machinery they share.
+
+A task model (``BertForSequenceClassification``, ``GPT2LMHeadModel`` ...) keeps its body under
+a prefix (``bert.``, ``transformer.``): the body is read and every other tensor is skipped and
+listed. Without the prefix, only the family's known extras are skipped (buffers, a pooler);
+any other unknown tensor is an error, so nothing is dropped silently.
+
+Command line: ``python -m shared.hf FOLDER OUT.safetensors`` writes our checkpoint format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from shared import layouts
+from shared import weights as v1
+from shared.config import EncoderConfig
+from shared.hf import bert, distilbert, electra, gpt2, roberta, vit
+from shared.hf.family import Family
+from shared.hf.files import (
+    open_safetensors,
+    read_config_json,
+    read_tensor,
+    weights_file,
+    write_folder,
+)
+
+__all__ = ["FAMILIES", "Family", "family_of", "load", "load_bert", "main", "read", "save"]
+
+Weights = dict[str, np.ndarray]
+
+FAMILIES: tuple[Family, ...] = (
+    bert.FAMILY,
+    roberta.FAMILY,
+    distilbert.FAMILY,
+    electra.FAMILY,
+    gpt2.FAMILY,
+    vit.FAMILY,
+)
+
+# model_type values that look close but compute something else: why each is refused.
+NEAR_MISSES = {
+    "modernbert": "rotary position embeddings (RoPE), not added learned positions",
+    "deberta": "relative position scores (disentangled attention)",
+    "deberta-v2": "relative position scores (disentangled attention)",
+    "beit": "a relative position bias in every layer",
+    "mpnet": "a relative position bias in every layer",
+    "albert": "one layer's weights shared across the stack, factorised embeddings",
+    "gpt_neo": "local attention in alternate layers",
+    "gptj": "rotary position embeddings (RoPE)",
+    "llama": "rotary position embeddings (RoPE), RMSNorm and a gated feed-forward",
+}
+
+
+def _supported() -> list[str]:
+    return sorted(t for f in FAMILIES for t in f.model_types)
+
+
+def family_of(model_type: object) -> Family:
+    """The family that reads ``model_type``, or a ValueError naming the supported ones."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    why = NEAR_MISSES.get(model_type) if isinstance(model_type, str) else None
+    raise ValueError(
+        f"model_type is {model_type!r}; supported: {_supported()}"
+        + (f" ({model_type} uses {why}, which this encoder does not compute)" if why else "")
+    )
+
+
+def load(folder: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
+    """Read a Hugging Face folder (``config.json`` + ``model.safetensors``) of any family.
+
+    Returns:
+        ``(weights, config)``: format arrays (float32, or float64 if stored so) and the
+        matching :class:`EncoderConfig`, ready for ``torch_impl.from_weights`` or
+        ``jax_impl.from_weights``.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory.
+        ValueError: with the reason: no ``config.json``; no ``model.safetensors`` (only
+            pickle-based weights, or a sharded checkpoint); a ``model_type`` or a feature
+            this encoder lacks; a missing, unexpected, mis-shaped or non-float tensor.
+    """
+    weights, cfg, _, _ = read(folder)
+    return weights, cfg
+
+
+def load_bert(folder: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
+    """:func:`load`, for a BERT folder only (``model_type`` "bert")."""
+    weights, cfg, _, _ = read(folder, model_types=bert.FAMILY.model_types)
+    return weights, cfg
+
+
+def read(
+    folder: str | os.PathLike, *, model_types: tuple[str, ...] | None = None
+) -> tuple[Weights, EncoderConfig, Family, list[str]]:
+    """:func:`load`, plus the family and the names of the tensors it skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model folder at {folder}")
+    config_path = folder / "config.json"
+    raw = read_config_json(folder)
+    model_type = raw.get("model_type")
+    if model_types is not None and model_type not in model_types:
+        only = ", ".join(repr(t) for t in model_types)
+        raise ValueError(f"{config_path}: model_type is {model_type!r}; only {only} is read here")
+    try:
+        family = family_of(model_type)
+        cfg = family.config(raw)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
+    path = weights_file(folder)
+    with open_safetensors(path) as fh:
+        names = list(fh.keys())
+        arrays, skipped = _body(fh, names, family, cfg, path)
+    weights = layouts.from_outside(family.table(cfg), arrays)
+    try:
+        v1.validate(weights, cfg)
+    except v1.CheckpointError as e:
+        raise ValueError(f"{path}: the tensors disagree with config.json: {e}") from None
+    return weights, cfg, family, skipped
+
+
+def _body(fh, names: list[str], family: Family, cfg: EncoderConfig, path: Path):
+    """``({HF name without prefix: array}, [skipped names])``: the encoder's tensors."""
+    prefix = family.prefix if any(n.startswith(family.prefix) for n in names) else ""
+    rows = family.table(cfg)
+    wanted = {prefix + hf for hf, _, _ in rows}
+    skipped = [n for n in names if n not in wanted and _skipped(n, prefix, family)]
+    unknown = sorted(set(names) - wanted - set(skipped))
+    if unknown:
+        raise ValueError(
+            f"{path}: tensor {unknown[0]!r} is not part of a {family.name} encoder with "
+            f"{cfg.n_layers} layers nor a known extra {family.skipped}"
+            + (f"; and {len(unknown) - 1} more" if len(unknown) > 1 else "")
+        )
+    try:
+        layouts.check_names(
+            [prefix + hf for hf, _, _ in rows],
+            names,
+            detail=lambda _: f", which a {family.name} with {cfg.n_layers} layers needs",
+            unexpected_ok=True,
+        )
+    except layouts.CheckpointError as e:
+        raise ValueError(f"{path}: {e}") from None
+    arrays = {hf: read_tensor(fh, prefix + hf, path) for hf, _, _ in rows}
+    return arrays, skipped
+
+
+def _skipped(name: str, prefix: str, family: Family) -> bool:
+    """Outside the body's prefix (a task head), or one of the family's known extras."""
+    if prefix and not name.startswith(prefix):
+        return True
+    inner = name.removeprefix(prefix)
+    return any(fnmatch.fnmatchcase(inner, pattern) for pattern in family.skipped)
+
+
+def save(
+    weights: Weights,
+    cfg: EncoderConfig,
+    folder: str | os.PathLike,
+    *,
+    model_type: str | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that ``transformers.AutoModel`` loads.
+
+    ``model_type`` picks the family; by default it follows from the config (``image_size``:
+    ViT, ``causal``:
+    GPT-2, ``position_pad_id``: RoBERTa, ``embed_dim``: ELECTRA, no token types: DistilBERT,
+    else BERT). Raises ValueError naming the field when the family cannot express ``cfg``.
+    """
+    model_type = model_type or _model_type_for(cfg)
+    family = family_of(model_type)
+    v1.validate(weights, cfg)
+    config = {
+        "model_type": model_type,
+        "architectures": [family.architecture],
+        **family.export_config(cfg),
+    }
+    tensors = layouts.to_outside(family.table(cfg), weights)
+    folder = Path(folder)
+    write_folder(folder, config, tensors)
+    return folder
+
+
+def _model_type_for(cfg: EncoderConfig) -> str:
+    if cfg.image_size:
+        return "vit"
+    if cfg.causal:
+        return "gpt2"
+    if cfg.position_pad_id is not None:
+        return "roberta"
+    if cfg.embed_dim:
+        return "electra"
+    if cfg.type_vocab_size == 0:
+        return "distilbert"
+    return "bert"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shared.hf FOLDER OUT.safetensors``: convert, and print a one-line summary."""
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.hf",
+        description="Convert a Hugging Face folder (config.json + model.safetensors) of "
+        f"{', '.join(f.name for f in FAMILIES)} to a checkpoint that torch_impl.load and "
+        "jax_impl.load read.",
+    )
+    parser.add_argument("folder", type=Path, help="the Hugging Face model folder")
+    parser.add_argument("out", type=Path, help="the .safetensors file to write")
+    args = parser.parse_args(argv)
+    try:
+        weights, cfg, family, skipped = read(args.folder)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    v1.save_file(args.out, weights, cfg)
+    n_params = sum(a.size for a in weights.values())
+    print(
+        f"wrote {args.out}: {family.name}, {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, "
+        f"{n_params / 1e6:.1f}M parameters in {len(weights)} tensors; "
+        f"skipped {len(skipped)}: {', '.join(skipped) if skipped else 'none'}"
+    )
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from shared.hf import main
+
+sys.exit(main())

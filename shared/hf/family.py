@@ -1,0 +1,86 @@
+"""What a Hugging Face family is, in this project's terms, and the helpers its module uses.
+
+A family module (``bert.py``, ``gpt2.py`` ...) defines one :class:`Family`: the
+``model_type`` values it reads, the name prefix of its body inside task models, the tensors
+it skips, the mapping of ``config.json`` to :class:`EncoderConfig` and back, and the table of
+its tensor names in the vocabulary of ``shared/layouts.py``. NumPy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from shared.config import EncoderConfig
+from shared.layouts import Row
+
+__all__ = [
+    "ACTIVATIONS",
+    "EXPORTED_ACTIVATIONS",
+    "Family",
+    "activation",
+    "refuse",
+    "require",
+    "sizes",
+]
+
+# config.json activation -> EncoderConfig.activation. gelu_new (HF's written-out tanh
+# formula) is our gelu_tanh: they differ by at most 2.4e-7 (README, "Hugging Face families").
+ACTIVATIONS = {
+    "gelu": "gelu",  # exact: x * Phi(x)
+    "gelu_new": "gelu_tanh",  # the tanh approximation, written out (GPT-2's default)
+    "gelu_pytorch_tanh": "gelu_tanh",  # the same, through F.gelu(approximate="tanh")
+    "relu": "relu",
+}
+# EncoderConfig.activation -> what an exported config.json says (exactly what we compute)
+EXPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One Hugging Face model family: everything that differs from one to the next."""
+
+    name: str  # for messages: "BERT"
+    model_types: tuple[str, ...]  # config.json "model_type" values read
+    architecture: str  # written to config.json "architectures" on export
+    prefix: str  # the body's name prefix inside task models: "bert."
+    skipped: tuple[str, ...]  # fnmatch patterns (after the prefix) of tensors that are not the body
+    config: Callable[[dict[str, Any]], EncoderConfig]  # config.json -> EncoderConfig
+    export_config: Callable[[EncoderConfig], dict[str, Any]]  # EncoderConfig -> config.json
+    table: Callable[[EncoderConfig], list[Row]]  # (HF name, format names, layout)
+
+
+def require(data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Raise unless ``config.json`` has every key."""
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+
+
+def sizes(data: dict[str, Any], mapping: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """``{EncoderConfig field: config.json value}`` for the ``(json key, field)`` pairs."""
+    require(data, tuple(key for key, _ in mapping))
+    return {ours: data[key] for key, ours in mapping}
+
+
+def activation(data: dict[str, Any], key: str) -> str:
+    """config.json's activation name -> ours, or a ValueError naming the supported ones."""
+    name = data[key]
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"{key} is {name!r}; supported: {sorted(ACTIVATIONS)} "
+            "(exact GELU, its tanh approximation, ReLU)"
+        )
+    return ACTIVATIONS[name]
+
+
+def refuse(cfg: EncoderConfig, family: str, **needed: Any) -> None:
+    """Raise unless every ``field=value`` holds: what a family cannot express, by name."""
+    for field, value in needed.items():
+        got = getattr(cfg, field)
+        if got != value:
+            raise ValueError(
+                f"{family} cannot express {field}={got!r}: a {family} config needs "
+                f"{field}={value!r}"
+            )
