@@ -1,0 +1,1 @@
+"""The guided tour: notebooks committed with their outputs, and the tool that executes them."""
