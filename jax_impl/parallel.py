@@ -32,6 +32,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jax_impl.encoder import TransformerEncoder
 from jax_impl.weights import from_weights, parameter_table
+from shared import layouts
 from shared import parallel as plan
 from shared import weights as v1
 
@@ -91,12 +92,13 @@ def place_batch(batch, mesh: Mesh):
 def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
     """Full format-v1 arrays of a sharded (or unsharded) model, exact, on every process."""
     out = {}
-    for name, param, transposed in parameter_table(model):
+    for name, param, layout in parameter_table(model):
         x = param.get_value()
         if not x.is_fully_addressable:  # several hosts: every process takes part
             x = multihost_utils.process_allgather(x, tiled=True)
         a = np.asarray(x.astype(np.float32) if x.dtype.itemsize < 4 else x)
-        out[name] = np.array(a.T if transposed else a, order="C")
+        (a,) = layouts.LAYOUTS[layout].split(a, 1)
+        out[name] = np.array(a, order="C")
     return out
 
 

@@ -19,6 +19,7 @@ import torch_impl.train as tt
 from parity_tests.helpers import make_inputs, random_weights
 from shared import EncoderConfig
 from shared.data import Dataset, TaskConfig
+from shared.layouts import LAYOUTS
 from shared.training import TrainConfig
 from torch_impl import parallel
 
@@ -56,9 +57,9 @@ def forward_and_gradients(rank: int, folder: str, data: int, model: int, fsdp: b
     loss = sharded(ids, mask).square().mean()  # this rank's share: DDP/FSDP average the ranks
     loss.backward()
     grads = {}
-    for name, param, transposed in torch_impl.parameter_table(sharded):
+    for name, param, layout in torch_impl.parameter_table(sharded):
         g = _whole(param.grad).numpy()
-        grads[name] = g.T if transposed else g
+        (grads[name],) = LAYOUTS[layout].split(g, 1)
     if rank == 0:
         np.savez(Path(folder) / "gradients.npz", **grads)
 

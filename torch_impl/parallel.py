@@ -47,6 +47,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from shared import layouts
 from shared import parallel as plan
 from shared import weights as v1
 from torch_impl.encoder import TransformerEncoder
@@ -153,13 +154,14 @@ def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
     A collective: every rank must call it (``DTensor.full_tensor`` gathers the shards).
     """
     out = {}
-    for name, param, transposed in parameter_table(model):
+    for name, param, layout in parameter_table(model):
         t = param.detach()
         t = t.full_tensor() if isinstance(t, DTensor) else t
         t = t.cpu()
         t = t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
         a = t.numpy()
-        out[name] = np.array(a.T if transposed else a, order="C")
+        (a,) = layouts.LAYOUTS[layout].split(a, 1)
+        out[name] = np.array(a, order="C")
     return out
 
 
