@@ -57,7 +57,8 @@ def flash_attention(
         mask: optional boolean (B|1, H|1, T|1, S), True = may attend.
         key_padding_mask: optional boolean (B, S), True = real key.
         is_causal: query t attends to keys s <= t only.
-        block_q, block_k: Br and Bc (default :data:`BLOCK_Q`, :data:`BLOCK_K`, read at call time); any T and S work (the last block is padded).
+        block_q, block_k: Br and Bc (default :data:`BLOCK_Q`, :data:`BLOCK_K`, read at call
+            time); any T and S work (the last block is padded).
     """
     block_q = BLOCK_Q if block_q is None else block_q
     block_k = BLOCK_K if block_k is None else block_k

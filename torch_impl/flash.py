@@ -31,6 +31,7 @@ BLOCK_Q = 128  # Br: query rows per block
 BLOCK_K = 128  # Bc: key rows per block
 
 
+@torch.compiler.disable
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -48,7 +49,13 @@ def flash_attention(
         mask: optional boolean (B|1, H|1, T|1, S), True = may attend.
         key_padding_mask: optional boolean (B, S), True = real key.
         is_causal: query t attends to keys s <= t only.
-        block_q, block_k: Br and Bc (default :data:`BLOCK_Q`, :data:`BLOCK_K`, read at call time); any T and S work (the last block may be partial).
+        block_q, block_k: Br and Bc (default :data:`BLOCK_Q`, :data:`BLOCK_K`, read at call
+            time); any T and S work (the last block may be partial).
+
+    Under ``torch.compile`` this function runs eagerly (a graph break, on purpose): traced,
+    its Python block loops unroll into one node per block, and a compiled train step of
+    the small benchmark config at T = 256 took over five minutes to compile. The rest of
+    the model still compiles around it.
     """
     block_q = BLOCK_Q if block_q is None else block_q
     block_k = BLOCK_K if block_k is None else block_k
