@@ -1,0 +1,385 @@
+"""Where XLA:CPU's backward pass loses: one BERT-base layer, block by block, op by op.
+
+    python -m benchmarks.backward_profile [--batch 8] [--seq-len 128] [--repeats 15]
+
+Part 1 times each block of one encoder layer (BERT-base shapes: D=768, H=12, F=3072, exact
+GELU, post-norm) under ``jax.jit``, forward and forward + backward, with a large square
+matmul (the measured peak, as ``benchmarks.peaks``) timed in the same rounds, and PyTorch's
+eager autograd of the same modules beside it. The analytic ratio of forward + backward to
+forward is 3 for the matrix products (``shared/flops.py``). Part 2 profiles one forward and
+one forward + backward of the whole layer with ``jax.profiler`` and ranks XLA's operations
+(thunks) by their share of the wall time, so that the backward's extra time is named op by
+op.
+
+Measuring on a shared machine: every candidate is timed in the same rounds, alternating, and
+each figure is given three ways: the median wall time, the minimum wall time (the least
+disturbed call) and the median CPU time of this process (``time.process_time``: what the
+call cost the cores, which other processes inflate far less than wall time). Utilisation is
+"analytic FLOPs / time" over "peak matmul FLOPs / its time", each side measured the same
+way, so the load largely cancels.
+
+How the profile is attributed: XLA:CPU runs independent thunks concurrently, and a thunk
+may return before its work finishes (its work then ends at an ``end: <name>`` event). Each
+thunk is taken from its start to its end, and every instant of wall time is split equally
+among the thunks active at that instant, so the shares add up to the busy wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import jax_impl.attention
+import jax_impl.encoder
+import torch_impl.attention
+import torch_impl.encoder
+from shared.config import EncoderConfig
+from shared.flops import matmul_flops
+
+BLOCKS = ("layer", "attention", "feed-forward", "layer norm")
+PEAK_N = 2048  # side of the peak matmul, as benchmarks.peaks uses on a CPU
+
+
+def bert_base_layer() -> EncoderConfig:
+    """One post-norm BERT-base layer (dropout off)."""
+    return EncoderConfig(
+        vocab_size=30522,
+        d_model=768,
+        n_heads=12,
+        d_ff=3072,
+        n_layers=1,
+        max_len=512,
+        dropout=0.0,
+        activation="gelu",
+    )
+
+
+def block_flops(block: str, cfg: EncoderConfig, b: int, t: int) -> int:
+    """Analytic forward FLOPs of a block's matrix products (``shared/flops.py``'s table)."""
+    d, f = cfg.d_model, cfg.d_ff
+    attention = 4 * matmul_flops(b * t, d, d) + 2 * b * matmul_flops(t, d, t)
+    feed_forward = matmul_flops(b * t, d, f) + matmul_flops(b * t, f, d)
+    return {
+        "layer": attention + feed_forward,
+        "attention": attention,
+        "feed-forward": feed_forward,
+        "layer norm": 0,
+    }[block]
+
+
+# --- the blocks, as pure functions of (parameters, x) --------------------------------------
+
+
+def jax_block(block: str, cfg: EncoderConfig) -> nnx.Module:
+    rngs = nnx.Rngs(0)
+    if block == "layer":
+        return jax_impl.encoder.EncoderLayer(cfg, rngs=rngs)
+    if block == "attention":
+        return jax_impl.attention.MultiHeadAttention(cfg.d_model, cfg.n_heads, rngs=rngs)
+    if block == "feed-forward":
+        return jax_impl.encoder.FeedForward(cfg, rngs=rngs)
+    return jax_impl.encoder.layer_norm(cfg, None, rngs)
+
+
+def torch_block(block: str, cfg: EncoderConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if block == "layer":
+        return torch_impl.encoder.EncoderLayer(cfg)
+    if block == "attention":
+        return torch_impl.attention.MultiHeadAttention(cfg.d_model, cfg.n_heads)
+    if block == "feed-forward":
+        return torch_impl.encoder.FeedForward(cfg)
+    return torch_impl.encoder.layer_norm(cfg, None)
+
+
+def _first(y: Any) -> Any:
+    """The block's output: ``EncoderLayer`` returns ``(x, weights)``."""
+    return y[0] if isinstance(y, tuple) else y
+
+
+def jax_functions(module: nnx.Module, cotangent: jax.Array) -> tuple[Callable, Callable, Any]:
+    """``(forward, forward_backward, parameters)``; the loss is ``<block(x), cotangent>``, so
+    the backward pass starts from a fixed cotangent of the output's shape."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def loss(params, x):
+        y = _first(nnx.merge(graphdef, params, rest)(x))  # (B, T, D)
+        return jnp.vdot(y, cotangent)
+
+    return jax.jit(loss), jax.jit(jax.grad(loss, argnums=(0, 1))), params
+
+
+def torch_functions(module: torch.nn.Module, cotangent: torch.Tensor) -> tuple[Callable, Callable]:
+    """Eager ``(forward, forward_backward)`` of ``<block(x), cotangent>``."""
+
+    def forward(x):
+        with torch.no_grad():
+            return (_first(module(x)) * cotangent).sum()
+
+    def forward_backward(x):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        (_first(module(x)) * cotangent).sum().backward()
+
+    return forward, forward_backward
+
+
+# --- timing -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timings:
+    """Seconds per call: wall-clock and this process's CPU time."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, call: Callable[[], None]) -> None:
+        c0, t0 = time.process_time(), time.perf_counter()
+        call()
+        self.wall.append(time.perf_counter() - t0)
+        self.cpu.append(time.process_time() - c0)
+
+    @property
+    def summary(self) -> tuple[float, float, float]:
+        """(median wall, minimum wall, median CPU)."""
+        return statistics.median(self.wall), min(self.wall), statistics.median(self.cpu)
+
+
+def interleaved(calls: dict[str, Callable[[], None]], repeats: int) -> dict[str, Timings]:
+    """Each call once to warm up (compiles), then ``repeats`` rounds of every call in turn."""
+    for call in calls.values():
+        call()
+    timings = {name: Timings() for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            timings[name].add(call)
+    return timings
+
+
+def time_blocks(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, Timings]:
+    """Forward and forward + backward of every block in both frameworks, and the peak matmul."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((b, t, cfg.d_model)).astype(np.float32)
+    g = rng.standard_normal((b, t, cfg.d_model)).astype(np.float32)
+    x_j, g_j = jnp.asarray(x), jnp.asarray(g)
+    x_t, g_t = torch.tensor(x, requires_grad=True), torch.tensor(g)
+    calls: dict[str, Callable[[], None]] = {}
+    a, c = (jnp.asarray(rng.standard_normal((PEAK_N, PEAK_N)), jnp.float32) for _ in range(2))
+    matmul = jax.jit(jnp.matmul)
+    calls["peak matmul"] = lambda: jax.block_until_ready(matmul(a, c))
+    for block in BLOCKS:
+        fwd, both, params = jax_functions(jax_block(block, cfg), g_j)
+        calls[f"jax {block} fwd"] = lambda f=fwd, p=params: jax.block_until_ready(f(p, x_j))
+        calls[f"jax {block} fwd+bwd"] = lambda f=both, p=params: jax.block_until_ready(f(p, x_j))
+        fwd_t, both_t = torch_functions(torch_block(block, cfg), g_t)
+        calls[f"torch {block} fwd"] = lambda f=fwd_t: f(x_t)
+        calls[f"torch {block} fwd+bwd"] = lambda f=both_t: f(x_t)
+    return interleaved(calls, repeats)
+
+
+def print_blocks(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int) -> None:
+    peak_wall_med, peak_wall_min, peak_cpu = timings["peak matmul"].summary
+    peak_flops = matmul_flops(PEAK_N, PEAK_N, PEAK_N)
+    print(
+        f"peak matmul ({PEAK_N}^3): {peak_flops / peak_wall_min / 1e9:.0f} GFLOP/s at the "
+        f"minimum wall time, {peak_flops / peak_cpu / 1e9:.0f} GFLOP per CPU-second"
+    )
+    print(
+        f"{'block':24s} {'wall med':>9s} {'wall min':>9s} {'cpu med':>9s} "
+        f"{'ratio':>6s} {'ratio':>6s} {'util':>5s} {'util':>5s}"
+    )
+    print(f"{'':24s} {'ms':>9s} {'ms':>9s} {'ms':>9s} {'(min)':>6s} {'(cpu)':>6s} {'(min)':>5s} {'(cpu)':>5s}")
+    for framework in ("jax", "torch"):
+        for block in BLOCKS:
+            flops = block_flops(block, cfg, b, t)
+            fwd = timings[f"{framework} {block} fwd"].summary
+            for phase, multiple in (("fwd", 1), ("fwd+bwd", 3)):
+                wall_med, wall_min, cpu = timings[f"{framework} {block} {phase}"].summary
+                ratio = (
+                    f"{wall_min / fwd[1]:6.2f} {cpu / fwd[2]:6.2f}"
+                    if phase == "fwd+bwd"
+                    else f"{'':6s} {'':6s}"
+                )
+                util = (
+                    f"{multiple * flops / wall_min / (peak_flops / peak_wall_min):5.2f} "
+                    f"{multiple * flops / cpu / (peak_flops / peak_cpu):5.2f}"
+                    if flops
+                    else f"{'-':>5s} {'-':>5s}"
+                )
+                label = f"{framework} {block} {phase}"
+                print(
+                    f"{label:24s} {1e3 * wall_med:9.1f} {1e3 * wall_min:9.1f} {1e3 * cpu:9.1f} "
+                    f"{ratio} {util}"
+                )
+
+
+# --- the profile --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One HLO instruction of the compiled program that runs as a thunk."""
+
+    name: str
+    kind: str  # "GEMM (YNNPACK)", "GEMM (Eigen)", "reduce (YNNPACK)", "loop fusion", ...
+    shape: str
+    source: str  # the JAX operation it came from (HLO metadata op_name)
+
+
+def hlo_ops(hlo_text: str) -> dict[str, Op]:
+    """The top-level instructions of the entry computation, by name, with their kind."""
+    entry = hlo_text[hlo_text.index("\nENTRY ") :]
+    computations = dict(re.findall(r"\n%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.S))
+    ops = {}
+    pattern = r"\n\s+(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(([^\n]*)"
+    for name, shape, opcode, rest in re.findall(pattern, entry):
+        source = re.search(r'op_name="([^"]*)"', rest)
+        kind = opcode
+        if opcode == "fusion":
+            called = re.search(r"calls=%([\w.\-]+)", rest)
+            body = computations.get(called.group(1), "") if called else ""
+            has_dot = " dot(" in body
+            if "__ynn_fusion" in rest:
+                kind = "GEMM (YNNPACK)" if has_dot else "reduce (YNNPACK)"
+            else:
+                kind = "GEMM (fusion)" if has_dot else "loop fusion"
+        elif opcode == "dot":
+            kind = "GEMM (Eigen)"
+        ops[name] = Op(name, kind, shape.split("{")[0], source.group(1) if source else "")
+    return ops
+
+
+def thunk_intervals(xplane_path: str) -> list[tuple[int, int, str]]:
+    """(start ns, end ns, thunk name) of every thunk executed in the trace."""
+    profile = jax.profiler.ProfileData.from_file(xplane_path)
+    skip = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool", "$", "Pjit", "PythonRef")
+    events = []
+    for plane in profile.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if line.name == "python":
+                continue
+            for event in line.events:
+                if not event.name.startswith(skip):
+                    events.append((event.start_ns, event.duration_ns, event.name))
+    events.sort()
+    started: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    intervals = []
+    for start, duration, name in events:
+        if name.startswith("end: "):
+            name = name[len("end: ") :]
+            if started[name]:  # the work of an asynchronous thunk ends here
+                intervals.append((started[name].pop(0)[0], start + duration, name))
+        else:
+            started[name].append((start, start + duration))
+    for name, spans in started.items():  # synchronous thunks: no end event
+        intervals.extend((start, end, name) for start, end in spans)
+    return intervals
+
+
+def shares(intervals: list[tuple[int, int, str]]) -> tuple[collections.Counter, float]:
+    """Wall time split equally among the thunks running at each instant: (ns by name, busy ns)."""
+    points = sorted(
+        [(start, 1, name) for start, _, name in intervals]
+        + [(end, -1, name) for _, end, name in intervals]
+    )
+    active: collections.Counter = collections.Counter()
+    share: collections.Counter = collections.Counter()
+    busy, last = 0.0, points[0][0]
+    for now, change, name in points:
+        running = sum(active.values())
+        if running:
+            for other, count in active.items():
+                share[other] += (now - last) * count / running
+            busy += now - last
+        last = now
+        active[name] += change
+        if not active[name]:
+            del active[name]
+    return share, busy
+
+
+def profile(compiled, args: tuple, calls: int) -> tuple[collections.Counter, float]:
+    """Thunk shares (ns per call) and busy wall time (ns per call) of ``compiled(*args)``."""
+    jax.block_until_ready(compiled(*args))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(calls):
+                jax.block_until_ready(compiled(*args))
+        paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        share, busy = shares(thunk_intervals(paths[0]))
+    return collections.Counter({k: v / calls for k, v in share.items()}), busy / calls
+
+
+def print_profile(cfg: EncoderConfig, b: int, t: int, calls: int, top: int) -> None:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((b, t, cfg.d_model)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((b, t, cfg.d_model)), jnp.float32)
+    fwd, both, params = jax_functions(jax_block("layer", cfg), g)
+    by_kind = {}
+    for phase, fn in (("fwd", fwd), ("fwd+bwd", both)):
+        compiled = fn.lower(params, x).compile()
+        ops = hlo_ops(compiled.as_text())
+        share, busy = profile(compiled, (params, x), calls)
+        by_kind[phase] = collections.Counter()
+        for name, ns in share.items():
+            by_kind[phase][ops[name].kind if name in ops else "other"] += ns
+        if phase == "fwd+bwd":
+            print(f"\ntop {top} thunks of one layer's forward + backward ({busy / 1e6:.1f} ms busy):")
+            print(f"{'ms':>7s} {'share':>6s}  {'thunk':28s} {'kind':18s} {'shape':22s} JAX op")
+            for name, ns in share.most_common(top):
+                op = ops.get(name, Op(name, "other", "", ""))
+                source = op.source.replace("jit(loss)/", "")
+                print(
+                    f"{ns / 1e6:7.2f} {ns / busy:6.1%}  {name:28s} {op.kind:18s} {op.shape:22s} "
+                    f"{source}"
+                )
+    print("\nwall time by kind of op (ms per call; backward = fwd+bwd - fwd):")
+    kinds = sorted(set(by_kind["fwd"]) | set(by_kind["fwd+bwd"]), key=lambda k: -by_kind["fwd+bwd"][k])
+    print(f"{'kind':18s} {'fwd':>8s} {'fwd+bwd':>8s} {'backward':>9s} {'bwd/fwd':>8s}")
+    for kind in kinds:
+        f_ms, fb_ms = by_kind["fwd"][kind] / 1e6, by_kind["fwd+bwd"][kind] / 1e6
+        ratio = f"{(fb_ms - f_ms) / f_ms:8.2f}" if f_ms else f"{'-':>8s}"
+        print(f"{kind:18s} {f_ms:8.1f} {fb_ms:8.1f} {fb_ms - f_ms:9.1f} {ratio}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--profile-calls", type=int, default=5)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+    jax.config.update("jax_default_matmul_precision", "highest")
+    cfg = bert_base_layer()
+    b, t = args.batch, args.seq_len
+    print(
+        f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start"
+    )
+    print(f"one BERT-base layer (D={cfg.d_model}, H={cfg.n_heads}, F={cfg.d_ff}), B={b}, T={t}, float32\n")
+    print_blocks(time_blocks(cfg, b, t, args.repeats), cfg, b, t)
+    print_profile(cfg, b, t, args.profile_calls, args.top)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
