@@ -194,7 +194,7 @@ def time_blocks(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, T
 
 
 def print_blocks(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int) -> None:
-    peak_wall_med, peak_wall_min, peak_cpu = timings["peak matmul"].summary
+    _, peak_wall_min, peak_cpu = timings["peak matmul"].summary
     peak_flops = matmul_flops(PEAK_N, PEAK_N, PEAK_N)
     print(
         f"peak matmul ({PEAK_N}^3): {peak_flops / peak_wall_min / 1e9:.0f} GFLOP/s at the "
@@ -204,7 +204,9 @@ def print_blocks(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int
         f"{'block':24s} {'wall med':>9s} {'wall min':>9s} {'cpu med':>9s} "
         f"{'ratio':>6s} {'ratio':>6s} {'util':>5s} {'util':>5s}"
     )
-    print(f"{'':24s} {'ms':>9s} {'ms':>9s} {'ms':>9s} {'(min)':>6s} {'(cpu)':>6s} {'(min)':>5s} {'(cpu)':>5s}")
+    print(
+        f"{'':24s} {'ms':>9s} {'ms':>9s} {'ms':>9s} {'(min)':>6s} {'(cpu)':>6s} {'(min)':>5s} {'(cpu)':>5s}"
+    )
     for framework in ("jax", "torch"):
         for block in BLOCKS:
             flops = block_flops(block, cfg, b, t)
@@ -227,6 +229,161 @@ def print_blocks(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int
                     f"{label:24s} {1e3 * wall_med:9.1f} {1e3 * wall_min:9.1f} {1e3 * cpu:9.1f} "
                     f"{ratio} {util}"
                 )
+
+
+# --- the element-wise pieces alone ---------------------------------------------------------
+
+
+def pieces(cfg: EncoderConfig, b: int, t: int) -> dict[str, tuple[Callable, tuple[int, ...]]]:
+    """The layer's non-matmul work, each piece as ``(function of one array, input shape)``.
+
+    The activation appears twice: as ``jax.nn.gelu`` computes it (through ``erfc``) and as
+    the paper and PyTorch write it (through ``erf``); the same function, two formulations.
+    """
+    h, hd, d = cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.d_model
+    norm = jax_impl.encoder.layer_norm(cfg, None, nnx.Rngs(0))
+    return {
+        "gelu via erfc (jax.nn.gelu)": (
+            lambda x: jax.nn.gelu(x, approximate=False),
+            (b * t, cfg.d_ff),
+        ),
+        "gelu via erf": (
+            lambda x: 0.5 * x * (1.0 + jax.lax.erf(x / np.sqrt(2.0).astype(np.float32))),
+            (b * t, cfg.d_ff),
+        ),
+        "softmax over keys": (lambda s: jax.nn.softmax(s, axis=-1), (b, h, t, t)),
+        "layer norm": (norm, (b, t, d)),
+        "split heads (B,T,D)->(B,H,T,hd)": (
+            lambda x: x.reshape(b, t, h, hd).swapaxes(1, 2),
+            (b, t, d),
+        ),
+    }
+
+
+def time_pieces(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, Timings]:
+    """Each piece's output, and its input gradient for a fixed cotangent (which XLA computes
+    without the output where it can: it is what the backward pass asks of the piece)."""
+    rng = np.random.default_rng(0)
+    calls: dict[str, Callable[[], None]] = {}
+    for name, (fn, shape) in pieces(cfg, b, t).items():
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        g = jnp.asarray(rng.standard_normal(jax.eval_shape(fn, x).shape), jnp.float32)
+
+        def loss(x, fn=fn, g=g):
+            return jnp.vdot(fn(x), g)
+
+        fwd, grad = jax.jit(fn), jax.jit(jax.grad(loss))
+        calls[f"{name} fwd"] = lambda f=fwd, x=x: jax.block_until_ready(f(x))
+        calls[f"{name} grad"] = lambda f=grad, x=x: jax.block_until_ready(f(x))
+    return interleaved(calls, repeats)
+
+
+def print_pieces(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int) -> None:
+    print("\nelement-wise pieces alone, under jax.jit (CPU ms per call, median):")
+    print(f"{'piece':34s} {'output':>7s} {'input gradient':>15s}")
+    for name in pieces(cfg, b, t):
+        fwd = timings[f"{name} fwd"].summary[2]
+        grad = timings[f"{name} grad"].summary[2]
+        print(f"{name:34s} {1e3 * fwd:7.2f} {1e3 * grad:15.2f}")
+
+
+# --- the layer with one kind of non-matmul work taken out ---------------------------------
+
+ABLATIONS = {
+    "as built": {},
+    "no layer norms": {"norm": False},
+    "no GELU": {"gelu": False},
+    "no softmax": {"softmax": False},
+    "no biases": {"bias": False},
+    "matmuls only": {"norm": False, "gelu": False, "softmax": False, "bias": False},
+}
+
+
+def layer_function(cfg: EncoderConfig, norm=True, gelu=True, softmax=True, bias=True) -> Callable:
+    """The post-norm layer as a function of (parameters, x), written out like the modules
+    (same products, same orientation), with parts switchable: what each part costs."""
+    h, hd = cfg.n_heads, cfg.d_model // cfg.n_heads
+
+    def dense(p, name, x):
+        return x @ p[name] + (p[name + "_bias"] if bias else 0.0)
+
+    def layer_norm(x, scale, shift):
+        if not norm:
+            return x
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + shift
+
+    def attention(p, x):
+        b, t, d = x.shape
+        q, k, v = (dense(p, n, x).reshape(b, t, h, hd).swapaxes(1, 2) for n in "qkv")
+        scores = q @ k.swapaxes(-2, -1) / np.sqrt(hd).astype(np.float32)  # (B, H, T, T)
+        weights = jax.nn.softmax(scores, axis=-1) if softmax else scores
+        return dense(p, "o", (weights @ v).swapaxes(1, 2).reshape(b, t, d))
+
+    def feed_forward(p, x):
+        b, t, d = x.shape
+        hidden = dense(p, "ffn_in", x.reshape(b * t, d))  # (B*T, F)
+        hidden = jax.nn.gelu(hidden, approximate=False) if gelu else hidden
+        return dense(p, "ffn_out", hidden).reshape(b, t, d)
+
+    def layer(p, x):
+        x = layer_norm(x + attention(p, x), p["norm1"], p["norm1_bias"])
+        return layer_norm(x + feed_forward(p, x), p["norm2"], p["norm2_bias"])
+
+    return layer
+
+
+def layer_parameters(cfg: EncoderConfig) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(0)
+    d, f = cfg.d_model, cfg.d_ff
+    shapes = {
+        "q": (d, d),
+        "k": (d, d),
+        "v": (d, d),
+        "o": (d, d),
+        "ffn_in": (d, f),
+        "ffn_out": (f, d),
+    }
+    params = {}
+    for name, (n_in, n_out) in shapes.items():
+        params[name] = rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)
+        params[name + "_bias"] = 0.1 * rng.standard_normal(n_out)
+    for name in ("norm1", "norm2"):
+        params[name] = 1.0 + 0.1 * rng.standard_normal(d)
+        params[name + "_bias"] = 0.1 * rng.standard_normal(d)
+    return {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+
+
+def time_ablations(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, Timings]:
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((b, t, cfg.d_model)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((b, t, cfg.d_model)), jnp.float32)
+    params = layer_parameters(cfg)
+    calls: dict[str, Callable[[], None]] = {}
+    for name, parts in ABLATIONS.items():
+        layer = layer_function(cfg, **parts)
+
+        def loss(p, x, layer=layer):
+            return jnp.vdot(layer(p, x), g)
+
+        fwd, both = jax.jit(loss), jax.jit(jax.grad(loss, argnums=(0, 1)))
+        calls[f"{name} fwd"] = lambda f=fwd: jax.block_until_ready(f(params, x))
+        calls[f"{name} fwd+bwd"] = lambda f=both: jax.block_until_ready(f(params, x))
+    return interleaved(calls, repeats)
+
+
+def print_ablations(timings: dict[str, Timings]) -> None:
+    print("\nthe layer with one kind of non-matmul work taken out (CPU ms per call, median):")
+    print(f"{'variant':16s} {'fwd':>7s} {'fwd+bwd':>8s} {'ratio':>6s} {'fwd+bwd saved':>14s}")
+    built = timings["as built fwd+bwd"].summary[2]
+    for name in ABLATIONS:
+        fwd = timings[f"{name} fwd"].summary[2]
+        both = timings[f"{name} fwd+bwd"].summary[2]
+        print(
+            f"{name:16s} {1e3 * fwd:7.1f} {1e3 * both:8.1f} {both / fwd:6.2f} "
+            f"{1e3 * (built - both):8.1f} ({(built - both) / built:4.0%})"
+        )
 
 
 # --- the profile --------------------------------------------------------------------------
@@ -342,7 +499,9 @@ def print_profile(cfg: EncoderConfig, b: int, t: int, calls: int, top: int) -> N
         for name, ns in share.items():
             by_kind[phase][ops[name].kind if name in ops else "other"] += ns
         if phase == "fwd+bwd":
-            print(f"\ntop {top} thunks of one layer's forward + backward ({busy / 1e6:.1f} ms busy):")
+            print(
+                f"\ntop {top} thunks of one layer's forward + backward ({busy / 1e6:.1f} ms busy):"
+            )
             print(f"{'ms':>7s} {'share':>6s}  {'thunk':28s} {'kind':18s} {'shape':22s} JAX op")
             for name, ns in share.most_common(top):
                 op = ops.get(name, Op(name, "other", "", ""))
@@ -352,7 +511,9 @@ def print_profile(cfg: EncoderConfig, b: int, t: int, calls: int, top: int) -> N
                     f"{source}"
                 )
     print("\nwall time by kind of op (ms per call; backward = fwd+bwd - fwd):")
-    kinds = sorted(set(by_kind["fwd"]) | set(by_kind["fwd+bwd"]), key=lambda k: -by_kind["fwd+bwd"][k])
+    kinds = sorted(
+        set(by_kind["fwd"]) | set(by_kind["fwd+bwd"]), key=lambda k: -by_kind["fwd+bwd"][k]
+    )
     print(f"{'kind':18s} {'fwd':>8s} {'fwd+bwd':>8s} {'backward':>9s} {'bwd/fwd':>8s}")
     for kind in kinds:
         f_ms, fb_ms = by_kind["fwd"][kind] / 1e6, by_kind["fwd+bwd"][kind] / 1e6
@@ -375,8 +536,12 @@ def main(argv: list[str] | None = None) -> None:
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start"
     )
-    print(f"one BERT-base layer (D={cfg.d_model}, H={cfg.n_heads}, F={cfg.d_ff}), B={b}, T={t}, float32\n")
+    print(
+        f"one BERT-base layer (D={cfg.d_model}, H={cfg.n_heads}, F={cfg.d_ff}), B={b}, T={t}, float32\n"
+    )
     print_blocks(time_blocks(cfg, b, t, args.repeats), cfg, b, t)
+    print_pieces(time_pieces(cfg, b, t, args.repeats), cfg, b, t)
+    print_ablations(time_ablations(cfg, b, t, args.repeats))
     print_profile(cfg, b, t, args.profile_calls, args.top)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
