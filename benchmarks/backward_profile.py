@@ -304,15 +304,20 @@ def layer_function(cfg: EncoderConfig, norm=True, gelu=True, softmax=True, bias=
     (same products, same orientation), with parts switchable: what each part costs."""
     h, hd = cfg.n_heads, cfg.d_model // cfg.n_heads
 
+    def broadcast(v, like):  # (n,) -> (1, ..., 1, n), as rank promotion would
+        return v.reshape((1,) * (like.ndim - 1) + (-1,))
+
     def dense(p, name, x):
-        return x @ p[name] + (p[name + "_bias"] if bias else 0.0)
+        y = x @ p[name]
+        return y + broadcast(p[name + "_bias"], y) if bias else y
 
     def layer_norm(x, scale, shift):
         if not norm:
             return x
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + shift
+        normed = (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps)
+        return normed * broadcast(scale, x) + broadcast(shift, x)
 
     def attention(p, x):
         b, t, d = x.shape
