@@ -299,9 +299,59 @@ ABLATIONS = {
 }
 
 
-def layer_function(cfg: EncoderConfig, norm=True, gelu=True, softmax=True, bias=True) -> Callable:
+FORMULATIONS = {
+    "as built": {},
+    "heads by einsum": {"heads": "einsum"},
+    "layer norm custom_vjp": {"norm_vjp": True},
+    "gelu via erf": {"gelu_erf": True},
+    "all three": {"heads": "einsum", "norm_vjp": True, "gelu_erf": True},
+}
+
+
+def _normalize(x: jax.Array, eps: float) -> jax.Array:
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+@jax.custom_vjp
+def _normalize_vjp(x: jax.Array, eps: float) -> jax.Array:
+    return _normalize(x, eps)
+
+
+def _normalize_forward(x, eps):
+    x_hat = _normalize(x, eps)
+    rstd = jax.lax.rsqrt(jnp.square(x - x.mean(-1, keepdims=True)).mean(-1, keepdims=True) + eps)
+    return x_hat, (x_hat, rstd)
+
+
+def _normalize_backward(residuals, dy):
+    # the textbook LayerNorm backward in one expression, instead of autodiff's op by op
+    x_hat, rstd = residuals
+    mean_dy = dy.mean(-1, keepdims=True)
+    mean_dy_x_hat = (dy * x_hat).mean(-1, keepdims=True)
+    return rstd * (dy - mean_dy - x_hat * mean_dy_x_hat), None
+
+
+_normalize_vjp.defvjp(_normalize_forward, _normalize_backward)
+
+
+def layer_function(
+    cfg: EncoderConfig,
+    norm=True,
+    gelu=True,
+    softmax=True,
+    bias=True,
+    *,
+    heads="swapaxes",
+    norm_vjp=False,
+    gelu_erf=False,
+) -> Callable:
     """The post-norm layer as a function of (parameters, x), written out like the modules
-    (same products, same orientation), with parts switchable: what each part costs."""
+    (same products, same orientation), with parts switchable (what each part costs) and
+    alternative formulations of the same function: heads kept as (B, T, H, hd) with the
+    products written as einsums and the scale folded into q; LayerNorm with a hand-written
+    backward; exact GELU through ``erf`` rather than ``jax.nn.gelu``'s ``erfc``."""
     h, hd = cfg.n_heads, cfg.d_model // cfg.n_heads
 
     def broadcast(v, like):  # (n,) -> (1, ..., 1, n), as rank promotion would
@@ -314,13 +364,17 @@ def layer_function(cfg: EncoderConfig, norm=True, gelu=True, softmax=True, bias=
     def layer_norm(x, scale, shift):
         if not norm:
             return x
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        normed = (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps)
+        normed = (_normalize_vjp if norm_vjp else _normalize)(x, cfg.layer_norm_eps)
         return normed * broadcast(scale, x) + broadcast(shift, x)
 
     def attention(p, x):
         b, t, d = x.shape
+        if heads == "einsum":
+            q, k, v = (dense(p, n, x).reshape(b, t, h, hd) for n in "qkv")  # (B, T, H, hd)
+            scores = jnp.einsum("bthd,bshd->bhts", q / np.sqrt(hd).astype(np.float32), k)
+            weights = jax.nn.softmax(scores, axis=-1) if softmax else scores
+            out = jnp.einsum("bhts,bshd->bthd", weights, v)  # (B, T, H, hd)
+            return dense(p, "o", out.reshape(b, t, d))
         q, k, v = (dense(p, n, x).reshape(b, t, h, hd).swapaxes(1, 2) for n in "qkv")
         scores = q @ k.swapaxes(-2, -1) / np.sqrt(hd).astype(np.float32)  # (B, H, T, T)
         weights = jax.nn.softmax(scores, axis=-1) if softmax else scores
@@ -329,7 +383,10 @@ def layer_function(cfg: EncoderConfig, norm=True, gelu=True, softmax=True, bias=
     def feed_forward(p, x):
         b, t, d = x.shape
         hidden = dense(p, "ffn_in", x.reshape(b * t, d))  # (B*T, F)
-        hidden = jax.nn.gelu(hidden, approximate=False) if gelu else hidden
+        if gelu and gelu_erf:
+            hidden = 0.5 * hidden * (1.0 + jax.lax.erf(hidden / np.sqrt(2.0).astype(np.float32)))
+        elif gelu:
+            hidden = jax.nn.gelu(hidden, approximate=False)
         return dense(p, "ffn_out", hidden).reshape(b, t, d)
 
     def layer(p, x):
@@ -360,14 +417,17 @@ def layer_parameters(cfg: EncoderConfig) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
 
 
-def time_ablations(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, Timings]:
+def time_variants(
+    cfg: EncoderConfig, b: int, t: int, repeats: int, variants: dict[str, dict]
+) -> dict[str, Timings]:
+    """Forward and forward + backward of each variant of :func:`layer_function`."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((b, t, cfg.d_model)), jnp.float32)
     g = jnp.asarray(rng.standard_normal((b, t, cfg.d_model)), jnp.float32)
     params = layer_parameters(cfg)
     calls: dict[str, Callable[[], None]] = {}
-    for name, parts in ABLATIONS.items():
-        layer = layer_function(cfg, **parts)
+    for name, options in variants.items():
+        layer = layer_function(cfg, **options)
 
         def loss(p, x, layer=layer):
             return jnp.vdot(layer(p, x), g)
@@ -378,15 +438,15 @@ def time_ablations(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str
     return interleaved(calls, repeats)
 
 
-def print_ablations(timings: dict[str, Timings]) -> None:
-    print("\nthe layer with one kind of non-matmul work taken out (CPU ms per call, median):")
-    print(f"{'variant':16s} {'fwd':>7s} {'fwd+bwd':>8s} {'ratio':>6s} {'fwd+bwd saved':>14s}")
+def print_variants(timings: dict[str, Timings], variants: dict[str, dict], title: str) -> None:
+    print(f"\nthe layer {title} (CPU ms per call, median):")
+    print(f"{'variant':22s} {'fwd':>7s} {'fwd+bwd':>8s} {'ratio':>6s} {'saved':>14s}")
     built = timings["as built fwd+bwd"].summary[2]
-    for name in ABLATIONS:
+    for name in variants:
         fwd = timings[f"{name} fwd"].summary[2]
         both = timings[f"{name} fwd+bwd"].summary[2]
         print(
-            f"{name:16s} {1e3 * fwd:7.1f} {1e3 * both:8.1f} {both / fwd:6.2f} "
+            f"{name:22s} {1e3 * fwd:7.1f} {1e3 * both:8.1f} {both / fwd:6.2f} "
             f"{1e3 * (built - both):8.1f} ({(built - both) / built:4.0%})"
         )
 
@@ -546,7 +606,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print_blocks(time_blocks(cfg, b, t, args.repeats), cfg, b, t)
     print_pieces(time_pieces(cfg, b, t, args.repeats), cfg, b, t)
-    print_ablations(time_ablations(cfg, b, t, args.repeats))
+    for variants, title in (
+        (ABLATIONS, "with one kind of non-matmul work taken out"),
+        (FORMULATIONS, "in other formulations of the same function"),
+    ):
+        print_variants(time_variants(cfg, b, t, args.repeats, variants), variants, title)
     print_profile(cfg, b, t, args.profile_calls, args.top)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 

@@ -8,6 +8,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import jax_impl.encoder
@@ -35,7 +36,8 @@ def test_a_transposed_left_operand_keeps_a_product_off_ynnpack():
     assert "GEMM (Eigen)" in {op.kind for op in backward_profile.hlo_ops(weight_grad).values()}
 
 
-def test_the_written_out_layer_equals_encoder_layer_with_the_same_weights():
+@pytest.mark.parametrize("formulation", list(backward_profile.FORMULATIONS))
+def test_the_written_out_layer_equals_encoder_layer_with_the_same_weights(formulation):
     cfg = dataclasses.replace(
         backward_profile.bert_base_layer(), d_model=16, n_heads=2, d_ff=32, max_len=8
     )
@@ -55,5 +57,17 @@ def test_the_written_out_layer_equals_encoder_layer_with_the_same_weights():
         norm.scale[...], norm.bias[...] = params[name], params[name + "_bias"]
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
     expected, _ = module(x)
-    got = backward_profile.layer_function(cfg)(params, x)
-    assert_close(got, expected, tolerance("float32", "cpu"), "written-out layer")
+    options = backward_profile.FORMULATIONS[formulation]
+    layer = backward_profile.layer_function(cfg, **options)
+    assert_close(layer(params, x), expected, tolerance("float32", "cpu"), formulation)
+    # the gradients too: the custom backward and the einsums must be the same derivative
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 16)), jnp.float32)
+    reference = backward_profile.layer_function(cfg)
+
+    def grad(f):
+        return jax.grad(lambda p, x: jnp.vdot(f(p, x), cotangent), argnums=(0, 1))(params, x)
+
+    got, want = grad(layer), grad(reference)
+    for name in params:
+        assert_close(got[0][name], want[0][name], tolerance("float32", "cpu"), name)
+    assert_close(got[1], want[1], tolerance("float32", "cpu"), "input gradient")
