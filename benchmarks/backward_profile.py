@@ -2,14 +2,20 @@
 
     python -m benchmarks.backward_profile [--batch 8] [--seq-len 128] [--repeats 15]
 
-Part 1 times each block of one encoder layer (BERT-base shapes: D=768, H=12, F=3072, exact
-GELU, post-norm) under ``jax.jit``, forward and forward + backward, with a large square
-matmul (the measured peak, as ``benchmarks.peaks``) timed in the same rounds, and PyTorch's
-eager autograd of the same modules beside it. The analytic ratio of forward + backward to
-forward is 3 for the matrix products (``shared/flops.py``). Part 2 profiles one forward and
-one forward + backward of the whole layer with ``jax.profiler`` and ranks XLA's operations
-(thunks) by their share of the wall time, so that the backward's extra time is named op by
-op.
+Five parts, BERT-base shapes (D=768, H=12, F=3072, exact GELU, post-norm), B=8, T=128:
+
+1. each block of one encoder layer (ours: the layer, attention, feed-forward, one LayerNorm)
+   under ``jax.jit``, forward and forward + backward, PyTorch's eager autograd of the same
+   modules beside it, and a large square matmul (the measured peak, as ``benchmarks.peaks``)
+   timed in the same rounds; the analytic ratio of forward + backward to forward is 3 for
+   the matrix products (``shared/flops.py``);
+2. the element-wise pieces alone (GELU, softmax, LayerNorm, the head split);
+3. the layer written out as a function (:func:`layer_function`, tested equal to
+   ``EncoderLayer``) with one kind of non-matmul work taken out at a time;
+4. the same layer in other formulations of the same function;
+5. ``jax.profiler`` traces of the layer's forward and forward + backward, XLA's operations
+   (thunks) ranked by their share of the wall time, and totals by kind of operation, so
+   that the backward's extra time is named op by op.
 
 Measuring on a shared machine: every candidate is timed in the same rounds, alternating, and
 each figure is given three ways: the median wall time, the minimum wall time (the least
