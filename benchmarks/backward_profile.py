@@ -311,7 +311,29 @@ FORMULATIONS = {
     "layer norm custom_vjp": {"norm_vjp": True},
     "gelu via erf": {"gelu_erf": True},
     "all three": {"heads": "einsum", "norm_vjp": True, "gelu_erf": True},
+    "weight grads on YNNPACK": {"weight_grad_transposed": True},
 }
+
+
+@jax.custom_vjp
+def _rows_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    return x @ w  # (N, K) @ (K, M)
+
+
+def _rows_matmul_forward(x, w):
+    return x @ w, (x, w)
+
+
+def _rows_matmul_backward(residuals, dy):
+    # dW = X^T dY with X^T materialised first (the barrier keeps XLA from folding the
+    # transpose back into the product), so that the product has the canonical left operand
+    # that XLA:CPU's YNNPACK fusion accepts; autodiff's form runs on Eigen
+    x, w = residuals
+    x_t = jax.lax.optimization_barrier(x.T)  # (K, N)
+    return dy @ w.T, x_t @ dy
+
+
+_rows_matmul.defvjp(_rows_matmul_forward, _rows_matmul_backward)
 
 
 def _normalize(x: jax.Array, eps: float) -> jax.Array:
@@ -352,19 +374,25 @@ def layer_function(
     heads="swapaxes",
     norm_vjp=False,
     gelu_erf=False,
+    weight_grad_transposed=False,
 ) -> Callable:
     """The post-norm layer as a function of (parameters, x), written out like the modules
     (same products, same orientation), with parts switchable (what each part costs) and
     alternative formulations of the same function: heads kept as (B, T, H, hd) with the
     products written as einsums and the scale folded into q; LayerNorm with a hand-written
-    backward; exact GELU through ``erf`` rather than ``jax.nn.gelu``'s ``erfc``."""
+    backward; exact GELU through ``erf`` rather than ``jax.nn.gelu``'s ``erfc``; weight
+    gradients computed from explicitly transposed activations (see ``_rows_matmul``)."""
     h, hd = cfg.n_heads, cfg.d_model // cfg.n_heads
 
     def broadcast(v, like):  # (n,) -> (1, ..., 1, n), as rank promotion would
         return v.reshape((1,) * (like.ndim - 1) + (-1,))
 
     def dense(p, name, x):
-        y = x @ p[name]
+        if weight_grad_transposed:
+            rows = _rows_matmul(x.reshape(-1, x.shape[-1]), p[name])  # (N, out)
+            y = rows.reshape(*x.shape[:-1], -1)
+        else:
+            y = x @ p[name]
         return y + broadcast(p[name + "_bias"], y) if bias else y
 
     def layer_norm(x, scale, shift):
