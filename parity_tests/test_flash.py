@@ -315,3 +315,35 @@ def test_flash_rejects_empty_blocks():
     with pytest.raises(ValueError, match="block sizes must be >= 1"):
         y = jnp.asarray(x.numpy())
         jax_impl.flash_attention(y, y, y, block_k=0)
+
+
+def test_torch_flash_runs_eagerly_inside_a_compiled_train_step(small_blocks):
+    """Traced by torch.compile, the Python block loops would unroll (compile time grows
+    with T^2 / (Br Bc)): forward and backward are excluded from compilation, so a compiled
+    step runs every block at run time, as eager does, and computes the same gradients."""
+    cfg = small_config(n_layers=1)
+    model = torch_impl.TransformerEncoder(cfg, backend="flash").eval()
+    ids = torch.as_tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 7)))
+    calls = []
+    original = torch_impl.flash.block_mask
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    def step():
+        model.zero_grad()
+        model(ids, is_causal=True).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch_impl.flash, "block_mask", spy)
+        eager = step()
+        per_step, calls[:] = len(calls), []
+        compiled_step = torch.compile(step)
+        compiled_step()  # compiles
+        calls.clear()
+        compiled = compiled_step()
+    assert per_step > 0 and len(calls) == per_step  # forward and backward blocks, at run time
+    for name, grad in eager.items():
+        assert_close(compiled[name], grad, tolerance("float32"), f"gradient of {name}")
