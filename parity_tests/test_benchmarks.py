@@ -536,15 +536,3 @@ def test_gpu_check_without_a_gpu_records_versions_and_skips_the_gpu_steps(tmp_pa
     assert f"torch         {torch.__version__}" in versions
     skipped = (tmp_path / "gc" / "skipped.txt").read_text().splitlines()
     assert len(skipped) == 3 and all("no GPU" in line for line in skipped)
-
-
-def test_memory_plan_reports_less_temporary_memory_for_flash_than_for_math():
-    """XLA's buffer plan of the jitted loss-and-gradient: flash keeps no (B, H, T, T) arrays."""
-    from benchmarks import memory_plan
-
-    cfg = EncoderConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_layers=1, max_len=512)
-    math = memory_plan.plan(cfg, "math", batch=1, seq_len=512)
-    flash = memory_plan.plan(cfg, "flash", batch=1, seq_len=512)
-    assert math["arguments"] == flash["arguments"] > 0  # the same parameters
-    # math keeps at least one (H, T, T) float32 array of weights for the backward
-    assert math["temporaries"] >= 2 * 512 * 512 * 4 > flash["temporaries"]
