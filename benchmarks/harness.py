@@ -4,7 +4,8 @@ Framework-neutral: the framework runners (``run_torch``, ``run_jax``) hand over 
 :class:`Workload` (one call of the thing to time, and how to wait for it to finish), and
 this module times it the same way for both:
 
-1. the runner compiles (compiled modes) and reports cold and warm compile time;
+1. the runner compiles (compiled modes) and reports the cold compile time, and the warm one
+   (compiled again from filled caches) where the suite asks for it;
 2. ``warmup`` untimed calls, the first of them profiled to name the attention kernel;
 3. one untimed call during which memory is measured (a sampling thread or a profiler would
    perturb a timed call);
@@ -13,6 +14,10 @@ this module times it the same way for both:
    asynchronous dispatch would time only the launch -- ``repeats`` of them, or fewer (never
    fewer than ``min_repeats``) when one call is so slow that they would exceed ``budget_s``;
 5. the median of the timed calls, and their interquartile range as the spread.
+
+The same :func:`measure` runs one device in the parent process and every device of a mesh in
+the child processes of ``benchmarks.mesh``. :func:`time_interleaved` is the timer of the
+studies (``studies/``), which compare candidates in alternating rounds.
 """
 
 from __future__ import annotations
