@@ -74,11 +74,13 @@ class RunProgress:
         self._done = 0
 
     def __enter__(self) -> RunProgress:
-        self._bar.start()
+        if self.console.is_terminal:  # off a terminal: the log lines only
+            self._bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
+        if self._bar.live.is_started:
+            self._bar.stop()
 
     def log(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False)

@@ -186,3 +186,29 @@ def test_plots_are_written_for_a_sequence_sweep_and_for_meshes(tmp_path):
 def test_plots_give_each_backend_its_own_colour_and_each_framework_its_own_marker():
     assert len(set(plots._COLOURS.values())) == len(plots._COLOURS)
     assert plots._MARKERS["torch"] != plots._MARKERS["jax"]
+
+
+def test_progress_weighs_rows_by_their_flops_and_calls_and_logs_above_the_bar():
+    import io
+
+    from rich.console import Console
+
+    from benchmarks.mesh import parse_mesh
+    from benchmarks.progress import RunProgress, case_weight
+    from benchmarks.suites import PRESETS, Case
+
+    cfg = PRESETS["tiny"]
+    case = Case("torch", "ours-fused", "eager", "forward", "cpu", "float32", 2, 16)
+    longer = dataclasses.replace(case, seq_len=32)
+    compiled = dataclasses.replace(case, mode="compiled")
+    sharded = dataclasses.replace(case, mesh=parse_mesh("data=2"))
+    weight = case_weight(case, cfg, calls=5)
+    assert case_weight(longer, cfg, calls=5) > 2 * weight  # twice the tokens, more attention
+    assert case_weight(compiled, cfg, calls=5) > weight
+    assert case_weight(sharded, cfg, calls=5) == 2 * weight
+    out = io.StringIO()
+    with RunProgress(cfg, calls=5, console=Console(file=out, width=100)) as progress:
+        progress.start([case, longer])
+        progress.log("a line [not markup]")
+        progress.advance(case)
+    assert out.getvalue().splitlines() == ["a line [not markup]"]  # no bar off a terminal
