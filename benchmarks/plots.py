@@ -19,6 +19,7 @@ where it hides no line: colours, markers and line styles listed apart.
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,11 @@ _BACKENDS = tuple(dict.fromkeys(v.backend for v in REGISTRY.values()))
 _COLOURS = {b: _HUES[i % len(_HUES)] for i, b in enumerate(_BACKENDS)}
 _STYLES = {"compiled": "-", "eager": "--"}
 _MARKERS = {"torch": "o", "jax": "s"}
+# bars of a framework: greys (colour means a backend elsewhere), jax hatched
+_FRAMEWORK_BARS = {
+    "torch": {"color": "#4d4d4d"},
+    "jax": {"color": "#bdbdbd", "hatch": "//", "edgecolor": "#4d4d4d"},
+}
 
 
 def _series_key(row: Row) -> tuple[str, str, str]:
@@ -170,7 +176,7 @@ def _throughput_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
                 ]
                 values.append(match[0].tokens_per_s if match else 0.0)
             xs = [i + (j - (len(frameworks) - 1) / 2) * width for i in range(len(groups))]
-            ax.bar(xs, values, width, label=fw, color="#3182bd" if fw == "torch" else "#e6550d")
+            ax.bar(xs, values, width, label=fw, **_FRAMEWORK_BARS.get(fw, {}))
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(
             [("native" if i == "native" else f"ours {b}") + f"\n{m}" for i, b, m in groups],
@@ -180,9 +186,10 @@ def _throughput_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
         ax.set_ylabel("tokens per second (higher is better)")
         ax.set_title(f"{phase}, {dtype}, B={batch}, T={t}")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle(_title(rows, "Throughput"))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -326,3 +333,20 @@ def _mesh_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.plots RESULTS.json [OUT]``: draw a results file's plots again
+    (into the file's folder by default)."""
+    from benchmarks.report import read_rows
+
+    parser = argparse.ArgumentParser(description="Draw the plots of a results.json.")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    args = parser.parse_args(argv)
+    for path in plot_all(read_rows(args.results), args.out or args.results.parent):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
