@@ -40,6 +40,7 @@ MESH_AXES: tuple[str, ...] = plan.AXES  # the axes parallel.make_mesh takes, in 
 _REPO = Path(__file__).resolve().parent.parent
 # the same fixed number of timed calls on every rank: larger than any budget could allow
 _NO_BUDGET_S = 1e18
+CHILD_TIMEOUT_S = 1800  # a mesh row's child processes are ended after this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +196,7 @@ def _run_jax(payload: str, case) -> dict:
         capture_output=True,
         text=True,
         check=False,
+        timeout=CHILD_TIMEOUT_S,
     )
     if done.returncode != 0:
         raise RuntimeError(f"jax on mesh {case.mesh.name} failed:\n{done.stderr[-3000:]}")
@@ -220,7 +222,7 @@ def _run_torch(payload: str, case) -> dict:
             payload,
             str(result),
             backend="nccl" if case.device == "gpu" else "gloo",
-            timeout_s=1800,
+            timeout_s=CHILD_TIMEOUT_S,
         )
         return json.loads(result.read_text())
 
