@@ -142,8 +142,6 @@ def run_cases(
         log(f"skipping {skip}")
 
     weights = reference.init_weights(cfg, settings.seed)  # format v1, float32
-    if progress is not None:
-        progress.start(runnable)
     started = time.perf_counter()
     try:
         peaks = _measure_peaks(runnable, runners, log)
@@ -152,6 +150,8 @@ def run_cases(
             seconds = runners[framework].warm_up_compiler()
             result.compiler_warmup_s[framework] = seconds
             log(f"{framework} compiler start-up (a throwaway function): {seconds:.1f} s")
+        if progress is not None:  # the estimate starts with the rows
+            progress.start(runnable)
         done = 0
         for _, pair in itertools.groupby(runnable, key=lambda c: c.pair_key):
             group = list(pair)
