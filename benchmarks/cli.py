@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         choices=tuple(SUITES),
         default="quick",
-        help="what to run (default quick: QUICK_TIME); see below",
+        help="what to run (default quick: 28 rows on a CPU, 5-6 minutes on 2 busy cores); "
+        "see below",
     )
     parser.add_argument(
         "--config",
