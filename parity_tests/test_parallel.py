@@ -8,9 +8,7 @@ workers live in parity_tests/mesh_torch_workers.py, importable, as ``mp.spawn`` 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -304,41 +302,3 @@ def test_torch_parallelize_without_a_process_group_says_how_to_start_one():
         parallel.parallelize(torch_impl.TransformerEncoder(CFG), mesh=None)
     with pytest.raises(ValueError, match=r"make_mesh needs a torch\.distributed process group"):
         parallel.make_mesh(data=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmarks: python -m benchmarks --mesh
-
-
-def test_mesh_option_parses_data_model_and_fsdp_and_rejects_the_rest():
-    from benchmarks.mesh import MeshSpec, parse_mesh
-
-    assert parse_mesh("data=2,model=2") == MeshSpec(2, 2, False)
-    assert parse_mesh("data=2,fsdp") == MeshSpec(2, 1, True)
-    assert parse_mesh("model=4").name == "data=1,model=4"
-    for bad in ("data=0", "pipe=2", "data=two", "fsdp=1"):
-        with pytest.raises(Exception, match=re.escape("expected data=N,model=M[,fsdp]")):
-            parse_mesh(bad)
-
-
-def test_mesh_benchmark_smoke_run_writes_rows_with_mesh_tokens_memory_and_collectives(tmp_path):
-    """JAX only (PyTorch's processes are covered above), a tiny config, one timed step."""
-    cmd = [sys.executable, "-m", "benchmarks", "--config", "tiny", "--frameworks", "jax"]
-    cmd += ["--mesh", "data=2,fsdp", "--batch", "4", "--seq-lens", "8", "--device", "cpu"]
-    cmd += ["--warmup", "0", "--repeats", "1", "--no-plots", "--out", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads((tmp_path / "mesh_results.json").read_text())["rows"]
-    assert [(r["mesh"], r["devices"], r["per_device_batch"]) for r in rows] == [
-        ("data=1,model=1", 1, 4),
-        ("data=2,model=1,fsdp", 2, 2),
-    ]
-    sharded = rows[1]
-    assert sharded["tokens_per_s"] == pytest.approx(2 * sharded["tokens_per_s_per_device"])
-    assert sharded["peak_bytes_per_device"] > 0
-    assert (
-        sharded["collective_fsdp_params_bytes"] > 0
-        and rows[0]["collective_dp_gradients_bytes"] == 0
-    )
-    assert "not a speedup" in done.stdout
