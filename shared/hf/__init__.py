@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m shared.hf") ->
         return fail(str(e), status=1)
     n_params = sum(a.size for a in weights.values())
     print(
-        f"wrote {args.out}: {family.name}, {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"wrote {args.out}: {family.name}, {cfg.n_layers} layer{'' if cfg.n_layers == 1 else 's'}, "
+        f"d_model {cfg.d_model}, "
         f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, "
         f"{n_params / 1e6:.1f}M parameters in {len(weights)} tensors; "
         f"skipped {len(skipped)}: {', '.join(skipped) if skipped else 'none'}"
