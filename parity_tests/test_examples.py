@@ -144,3 +144,27 @@ def test_attention_maps_rejects_a_layer_out_of_range_before_loading_a_framework(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == "error: --layer 6 is out of range: the model has layers 0..5\n"
+
+
+def test_divergence_report_exits_1_when_a_layer_is_out_of_tolerance(tmp_path, monkeypatch):
+    """JAX alone reads one layer's weights wrongly: the report names it and exits 1."""
+    import jax_impl
+
+    cfg = EncoderConfig(vocab_size=40, d_model=16, n_heads=2, d_ff=32, n_layers=2, dropout=0.0)
+    path = tmp_path / "model.safetensors"
+    torch_impl.save(torch_impl.from_weights(reference.init_weights(cfg, 2), cfg), path)
+    argv = ["--checkpoint", str(path), "--out", str(tmp_path / "div")]
+    argv += ["--modes", "float32-highest", "--batch", "2", "--seq-len", "8"]
+    assert divergence_report.main(argv) == 0
+
+    from_weights = jax_impl.from_weights
+
+    def wrong_in_layer_2(weights, cfg, **kwargs):
+        weights = dict(weights)
+        weights["layers.1.ffn.in.weight"] = weights["layers.1.ffn.in.weight"] * 1.01
+        return from_weights(weights, cfg, **kwargs)
+
+    monkeypatch.setattr(jax_impl, "from_weights", wrong_in_layer_2)
+    assert divergence_report.main(argv) == 1
+    report = json.loads((tmp_path / "div" / "divergence.json").read_text())
+    assert report["float32-highest"]["first_out_of_tolerance"] == "hidden_states[2]"
