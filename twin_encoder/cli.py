@@ -40,8 +40,8 @@ def _bench(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "check": (
         _check,
-        "run a checkpoint or Hugging Face folder in PyTorch and JAX (and transformers) and "
-        "compare every layer; exit 1 when a layer is outside the tolerance table",
+        "a checkpoint or HF folder in PyTorch, JAX (and transformers), layer by layer; "
+        "exit 1 outside the tolerance table",
     ),
     "convert": (_convert, "convert a Hugging Face folder to a checkpoint (python -m shared.hf)"),
     "bench": (_bench, "run the benchmarks (python -m benchmarks)"),
