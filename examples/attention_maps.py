@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from shared.cli import ArgumentParser
+from shared.cli import ArgumentParser, fail
 from shared.config import EncoderConfig
 from shared.positional import sinusoidal
 
@@ -335,7 +335,11 @@ def run(args: argparse.Namespace) -> AttentionMaps:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ValueError as e:  # a checkpoint the folder holds but shared.hf refuses: say why
+        return fail(str(e))
     return 0
 
 

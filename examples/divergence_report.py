@@ -43,7 +43,7 @@ from shared.divergence import LayerDiff, format_table
 from shared.tolerances import tolerance
 from twin_encoder.check import DEVICES, MODES, make_inputs
 
-__all__ = ["MODES", "compare_frameworks", "main", "parse_args"]
+__all__ = ["MODES", "main", "parse_args", "plot", "run"]
 
 
 def _positive_int(text: str) -> int:
@@ -156,31 +156,6 @@ def model_from_args(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], En
 
     cfg = _random_config(args)
     return reference.init_weights(cfg, seed=args.seed), cfg
-
-
-def compare_frameworks(
-    weights: dict[str, np.ndarray],
-    cfg: EncoderConfig,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    mode: str,
-    *,
-    device: str = "cpu",
-) -> tuple[list[LayerDiff], list[LayerDiff]]:
-    """Run both models under ``mode``: ``(hidden-state diffs (N + 1), attention diffs (N))``.
-
-    JAX is the "actual" and PyTorch the "expected" side; real tokens only (padded query
-    positions are computed but meaningless, and padded keys have weight 0 in both).
-    """
-    from twin_encoder.check import compare, run_model
-
-    args = (weights, cfg, input_ids, attention_mask, mode)
-    torch_out = run_model("torch", *args, device=device if device != "tpu" else "cpu")
-    jax_out = run_model("jax", *args, device=device)
-    c = compare(
-        jax_out, torch_out, attention_mask, names=("jax", "torch"), mode=mode, device=device
-    )
-    return c.hidden, c.attention
 
 
 def plot(

@@ -113,11 +113,18 @@ def _create_temporary(path: Path) -> str:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX); folders cannot be opened for fsync on Windows."""
+    """Make the rename durable where the platform allows it: POSIX folders can be fsynced
+    (Windows cannot open one; some network file systems refuse with EINVAL). The file is in
+    place either way, so a refusal here is not an error."""
     if os.name != "posix":
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # the rename stands; only its durability across a power cut is not forced
     finally:
         os.close(fd)

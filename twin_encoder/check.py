@@ -438,15 +438,21 @@ def check(
     inputs, mask = make_inputs(cfg, batch, seq_len, pad=pad, seed=seed)
     torch_device = device if device != "tpu" else "cpu"
     comparisons, ours = [], {}
+
+    def both(mode: str) -> dict[str, Outputs]:
+        if mode not in ours:
+            ours[mode] = {
+                "torch": run_model("torch", weights, cfg, inputs, mask, mode, device=torch_device),
+                "jax": run_model("jax", weights, cfg, inputs, mask, mode, device=device),
+            }
+        return ours[mode]
+
     for mode in modes:
-        ours[mode] = {
-            "torch": run_model("torch", weights, cfg, inputs, mask, mode, device=torch_device),
-            "jax": run_model("jax", weights, cfg, inputs, mask, mode, device=device),
-        }
+        outputs = both(mode)
         comparisons.append(
             compare(
-                ours[mode]["jax"],
-                ours[mode]["torch"],
+                outputs["jax"],
+                outputs["torch"],
                 mask,
                 names=("jax", "torch"),
                 mode=mode,
@@ -455,16 +461,12 @@ def check(
         )
     if kind == "hf" and with_transformers:
         mode = "float32-highest"
-        if mode not in ours:
-            ours[mode] = {
-                "torch": run_model("torch", weights, cfg, inputs, mask, mode, device=torch_device),
-                "jax": run_model("jax", weights, cfg, inputs, mask, mode, device=device),
-            }
+        outputs = both(mode)
         reference = run_transformers(path, cfg, inputs, mask, device=torch_device)
         for framework in ("torch", "jax"):
             comparisons.append(
                 compare(
-                    ours[mode][framework],
+                    outputs[framework],
                     reference,
                     mask,
                     names=(framework, "transformers"),
