@@ -10,7 +10,8 @@ a prefix (``bert.``, ``transformer.``): the body is read and every other tensor 
 listed. Without the prefix, only the family's known extras are skipped (buffers, a pooler);
 any other unknown tensor is an error, so nothing is dropped silently.
 
-Command line: ``python -m shared.hf FOLDER OUT.safetensors`` writes our checkpoint format.
+Command line: ``python -m shared.hf FOLDER OUT.safetensors`` (or ``twin-encoder convert``) writes
+our checkpoint format.
 """
 
 from __future__ import annotations
