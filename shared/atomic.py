@@ -83,7 +83,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
             os.chmod(tmp, mode)  # a writer that made its own file (safetensors: 0600)
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDWR)  # writable: Windows will not flush a read-only handle
         try:
             os.fsync(fd)  # the bytes are on disk before the name points at them
         finally:
