@@ -26,18 +26,19 @@ Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the pap
 is columns ``h*hd:(h+1)*hd``, and rows ``h*hd:(h+1)*hd`` of ``out.weight``.
 
 The file's metadata is ``{"format": "twin-encoder/1", "config": <EncoderConfig JSON>}``.
-Loading is strict and never unpickles anything; saving is atomic (temporary file + rename).
+Loading is strict and never unpickles anything; saving is atomic (temporary file + rename,
+``shared.atomic``) and gives the file the permissions the umask gives.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from shared.atomic import check_output_path, write_atomic
 from shared.config import EncoderConfig
 from shared.layouts import CheckpointError, check_names
 
@@ -155,24 +156,21 @@ def as_numpy_float(array) -> np.ndarray:
 
 
 def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> None:
-    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file."""
-    from safetensors.numpy import save_file as _save
+    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file.
+
+    The file gets the permissions the umask gives (0644 under umask 022). Raises
+    ``CheckpointError`` for weights that do not match ``cfg`` and
+    ``shared.atomic.OutputPathError`` when ``path`` is a folder or its folder does not
+    exist, before anything is written.
+    """
+    from safetensors import numpy as st_numpy
 
     validate(weights, cfg)
-    path = Path(path)
+    path = check_output_path(path)
     tensors = {k: np.ascontiguousarray(weights[k]) for k in expected_shapes(cfg)}
     fmt = format_of(cfg)
     metadata = {"format": fmt, "config": _config_json(cfg, fmt)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        _save(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: st_numpy.save_file(tensors, tmp, metadata=metadata))
 
 
 def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
