@@ -65,7 +65,8 @@ class NativeModel(nnx.Module):
         self.stack = stack
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:
-        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+        x, _ = self.embeddings(input_ids)  # (B, T, D); no padding mask here
+        return self.stack(x)  # (B, T, D)
 
 
 def build_model(

@@ -32,6 +32,7 @@ from parity_tests.helpers import (
     random_weights,
     run_jax,
     run_torch,
+    tiny_config,
     to_numpy,
 )
 from shared import EncoderConfig
@@ -56,9 +57,7 @@ FULL = EncoderConfig(
     final_norm=True,
 )
 # No optional tensor: sinusoidal positions (not stored), post-norm.
-PLAIN = EncoderConfig(
-    vocab_size=40, d_model=16, n_heads=2, d_ff=24, n_layers=2, max_len=12, dropout=0.0
-)
+PLAIN = tiny_config(vocab_size=40, n_heads=2, d_ff=24, max_len=12)
 CONFIGS = [pytest.param(FULL, id="full"), pytest.param(PLAIN, id="plain")]
 
 FRAMEWORKS = ("torch", "jax")
