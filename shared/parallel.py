@@ -22,8 +22,12 @@ Placements that changed when the plan became rules on logical axes (the numbers 
 same either way): with ``fsdp``, q, k, v and ffn.in weights (embed, heads|mlp) used to be
 split along "data" on their output axis (PyTorch's dim 0) and are now split on their embed
 axis, as out and ffn.out weights already were: one rule, ("embed", "data"), instead of a
-per-framework storage detail; the embeddings' LayerNorm ("embed_table") and an ELECTRA
-projection's input axis are no longer split along "data" (no rule names "embed_table").
+per-framework storage detail. Tensors whose only "data" axis used to be their first are
+now split where the rules say: the embeddings' LayerNorm ("embed_table") stays whole along
+"data" (no rule names "embed_table"), ELECTRA's projection is split on its output (embed)
+axis instead of its input axis, and ViT's patch weight, patch bias and class token on
+their embed axis. Embedding tables, norms, biases and the out and ffn.out weights are
+placed as before.
 
 How rules apply (:func:`spec`): each rule in order gives its mesh axis to the tensor's axis
 of that logical name, unless the tensor already uses that mesh axis or the mesh axes on

@@ -22,6 +22,14 @@ Logical axes (after MaxText's names; sizes from :class:`~shared.config.EncoderCo
     patch        P   one side of an image patch (ViT)
     one          1   a leading axis of length one (the class token)
 
+A new tensor is one row, e.g. a gated feed-forward block's
+``*_linear("layers.{i}.ffn.gate", "embed", "mlp")``, or grouped K/V heads' narrower
+columns as a new logical axis (``"kv_heads"`` in :data:`AXIS_SIZES`). The sharding rules
+then place it; a rule whose mesh axis does not divide the axis leaves it whole, so K/V
+heads that "model" does not divide are replicated. Each framework's table maps module paths
+to these names through its small rename map and fails loudly (ValueError) when a
+parameter has no row or a row no parameter.
+
 NumPy only.
 """
 
