@@ -66,7 +66,8 @@ class NativeModel(nnx.Module):
         self.stack = stack
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:
-        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+        x, _ = self.embeddings(input_ids)  # (B, T, D); no padding mask here
+        return self.stack(x)  # (B, T, D)
 
 
 def _build_ours(v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any) -> nnx.Module:

@@ -82,7 +82,8 @@ class NativeModel(nn.Module):
         self.stack = stack
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+        x, _ = self.embeddings(input_ids)  # (B, T, D); no padding mask here
+        return self.stack(x)  # (B, T, D)
 
 
 def _build_ours(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:

@@ -20,7 +20,7 @@ from flax import nnx
 
 from jax_impl.flash import flash_attention
 from shared.backends import BACKENDS, backend_info
-from shared.inputs import check_mask_shape
+from shared.inputs import check_key_padding_mask, check_mask_shape
 
 __all__ = [
     "ATTENTION",
@@ -239,15 +239,6 @@ class MultiHeadAttention(nnx.Module):
         if return_attention and not backend_info(self.backend).returns_weights:
             return "math"
         return self.backend
-
-
-def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) -> None:
-    """A key padding mask is boolean (B, S), True = real key."""
-    if kind != "b" or shape != (b, s):
-        raise ValueError(
-            f"key_padding_mask must be boolean of shape (B, S) = ({b}, {s}), "
-            f"got dtype kind {kind!r} and shape {shape}"
-        )
 
 
 def linear(d_in: int, d_out: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Linear:

@@ -20,8 +20,7 @@ import torch
 import torch_impl
 import torch_impl.train as tt
 from parity_tests import mesh_torch_workers as W
-from parity_tests.helpers import random_weights
-from shared import EncoderConfig
+from parity_tests.helpers import random_weights, tiny_config
 from shared import parallel as plan
 from shared.data import Dataset
 from shared.layouts import LAYOUTS
@@ -30,9 +29,7 @@ from shared.weights import expected_shapes
 from torch_impl import parallel
 
 ROOT = Path(__file__).resolve().parent.parent
-CFG = EncoderConfig(
-    vocab_size=32, d_model=16, n_heads=4, d_ff=32, n_layers=2, max_len=16, dropout=0.0
-)
+CFG = tiny_config()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,16 +50,33 @@ def test_plan_splits_attention_and_ffn_megatron_style_and_replicates_the_rest():
     assert len(split) == CFG.n_layers * 10  # q, k, v, ffn.in (weight, bias); out, ffn.out weights
 
 
-def test_plan_with_fsdp_shards_pytorchs_dim_0_along_data_when_it_divides():
+def test_plan_with_fsdp_shards_the_embed_axis_along_data_when_it_divides():
+    """FSDP's rules put "data" on a table's rows, on another tensor's "embed" axis, else on
+    its "heads" or "mlp" axis."""
+
     def spec(name):
         return plan.spec(name, expected_shapes(CFG)[name], fsdp=True, data=2, model=2)
 
-    assert spec("layers.0.attention.q.weight") == (None, ("model", "data"))  # PyTorch (out, in)
-    assert spec("layers.0.attention.out.weight") == ("model", "data")
-    assert spec("embeddings.token.weight") == ("data", None)
+    assert spec("layers.0.attention.q.weight") == ("data", "model")  # (embed, heads)
+    assert spec("layers.0.attention.q.bias") == (("model", "data"),)  # (heads,)
+    assert spec("layers.0.attention.out.weight") == ("model", "data")  # (heads, embed)
+    assert spec("embeddings.token.weight") == ("data", None)  # (vocab, embed_table)
     assert spec("layers.0.norm1.bias") == ("data",)
     odd = plan.spec("embeddings.token.weight", (33, 16), fsdp=True, data=2, model=1)
     assert odd == (None, None)  # 33 rows do not split in two: whole (FSDP2 would pad)
+
+
+def test_plan_rules_name_logical_axes_and_every_tensor_has_them():
+    """The plan is rules on logical axes; tensor parallelism is heads and mlp on "model"."""
+    assert plan.TENSOR_PARALLEL == (("heads", "model"), ("mlp", "model"))
+    assert plan.rules(fsdp=True)[: len(plan.TENSOR_PARALLEL)] == plan.TENSOR_PARALLEL
+    assert plan.tensor_parallel_style("layers.3.attention.k.weight") == plan.COLUMNS
+    assert plan.tensor_parallel_style("layers.3.ffn.out.weight") == plan.ROWS
+    assert plan.tensor_parallel_style("embeddings.token.weight") == plan.REPLICATED
+    with pytest.raises(ValueError, match=r"'layers\.0\.attention\.qkv\.weight' is not a tensor"):
+        plan.spec("layers.0.attention.qkv.weight", (16, 48))
+    with pytest.raises(ValueError, match=r"expected a shape of 2 axes, got \(16,\)"):
+        plan.spec("layers.0.attention.q.weight", (16,))
 
 
 def test_head_aligned_columns_give_each_model_rank_whole_heads():

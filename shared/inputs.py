@@ -13,7 +13,7 @@ import numpy as np
 
 from shared.config import EncoderConfig
 
-__all__ = ["Spec", "check_inputs", "check_mask_shape", "check_pixels"]
+__all__ = ["Spec", "check_inputs", "check_key_padding_mask", "check_mask_shape", "check_pixels"]
 
 
 class Spec(NamedTuple):
@@ -113,6 +113,15 @@ def check_mask_shape(shape: tuple[int, ...], kind: str, *, b: int, h: int, t: in
         raise ValueError(
             f"attention mask must have shape (B|1, H|1, T|1, S) = ({b}|1, {h}|1, {t}|1, {s}), "
             f"got {shape}"
+        )
+
+
+def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) -> None:
+    """A key padding mask is boolean (B, S), True = real key."""
+    if kind != "b" or shape != (b, s):
+        raise ValueError(
+            f"key_padding_mask must be boolean of shape (B, S) = ({b}, {s}), "
+            f"got dtype kind {kind!r} and shape {shape}"
         )
 
 

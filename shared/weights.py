@@ -12,6 +12,8 @@ Layout (``D`` = d_model, ``F`` = d_ff, ``V`` = vocab_size)::
     layers.{i}.norm2.weight|bias      (D,)   the norm around the feed-forward block
     final_norm.weight|bias            (D,)                  only if final_norm
 
+The names, shapes and logical axes are the rows of ``shared/tensors.py``.
+
 Format 2 ("twin-encoder/2") adds EncoderConfig fields (:data:`FORMAT_2_FIELDS`) and one
 tensor; a file is written as format 1 whenever its config uses none of them, and both load:
 
@@ -32,6 +34,7 @@ Loading is strict and never unpickles anything; saving is atomic (temporary file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -39,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from shared.atomic import check_output_path, write_atomic
-from shared.config import EncoderConfig
+from shared.config import EncoderConfig, format_of_field
 from shared.layouts import CheckpointError, check_names
+from shared.tensors import tensors
 
 __all__ = [
     "FORMAT",
@@ -58,57 +62,21 @@ __all__ = [
 FORMAT = "twin-encoder/1"
 FORMAT_2 = "twin-encoder/2"  # format 1 plus the EncoderConfig fields below
 FORMATS = (FORMAT, FORMAT_2)
-# EncoderConfig fields that format 1 does not know, with the value that means "not used".
+# EncoderConfig fields that format 1 does not know, with the value that means "not used"
+# (the fields that shared/config.py marks as added with format 2).
 FORMAT_2_FIELDS = {
-    "causal": False,
-    "position_pad_id": None,
-    "embed_dim": 0,
-    "image_size": 0,
-    "patch_size": 16,
-    "num_channels": 3,
+    field.name: field.default
+    for field in dataclasses.fields(EncoderConfig)
+    if format_of_field(field) == 2
 }
 
 Weights = dict[str, np.ndarray]
 
 
 def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order."""
-    d, f, e = cfg.d_model, cfg.d_ff, cfg.embed_width
-    shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.image_size:
-        p = cfg.patch_size
-        shapes["embeddings.patch.weight"] = (cfg.num_channels, p, p, e)
-        shapes["embeddings.patch.bias"] = (e,)
-        shapes["embeddings.class_token"] = (1, e)
-    else:
-        shapes["embeddings.token.weight"] = (cfg.vocab_size, e)
-    if cfg.positional == "learned":
-        shapes["embeddings.position.weight"] = (cfg.max_len, e)
-    if cfg.type_vocab_size > 0:
-        shapes["embeddings.token_type.weight"] = (cfg.type_vocab_size, e)
-    if cfg.embed_norm:
-        shapes |= _norm("embeddings.norm", e)
-    if cfg.embed_dim:
-        shapes |= _linear("embeddings.project", e, d)
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}"
-        for name in ("q", "k", "v", "out"):
-            shapes |= _linear(f"{p}.attention.{name}", d, d)
-        shapes |= _norm(f"{p}.norm1", d)
-        shapes |= _linear(f"{p}.ffn.in", d, f)
-        shapes |= _linear(f"{p}.ffn.out", f, d)
-        shapes |= _norm(f"{p}.norm2", d)
-    if cfg.final_norm:
-        shapes |= _norm("final_norm", d)
-    return shapes
-
-
-def _linear(prefix: str, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (d_in, d_out), f"{prefix}.bias": (d_out,)}
-
-
-def _norm(prefix: str, d: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (d,), f"{prefix}.bias": (d,)}
+    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order
+    (the rows of ``shared/tensors.py``)."""
+    return {t.name: t.shape for t in tensors(cfg)}
 
 
 def format_of(cfg: EncoderConfig) -> str:

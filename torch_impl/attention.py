@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.backends import BACKENDS, backend_info
-from shared.inputs import check_mask_shape
+from shared.inputs import check_key_padding_mask, check_mask_shape
 from torch_impl.flash import flash_attention
 
 __all__ = [
@@ -216,15 +216,6 @@ class MultiHeadAttention(nn.Module):
         if return_attention and not backend_info(self.backend).returns_weights:
             return "math"
         return self.backend
-
-
-def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) -> None:
-    """A key padding mask is boolean (B, S), True = real key."""
-    if kind != "b" or shape != (b, s):
-        raise ValueError(
-            f"key_padding_mask must be boolean of shape (B, S) = ({b}, {s}), "
-            f"got dtype kind {kind!r} and shape {shape}"
-        )
 
 
 def linear(d_in: int, d_out: int, *, dtype: torch.dtype | None = None) -> nn.Linear:

@@ -92,16 +92,16 @@ def block_mask(
     return allowed
 
 
-def key_blocks(i_start: int, i_stop: int, s: int, block_k: int, is_causal: bool) -> range:
-    """Starts of the key blocks query rows [i_start, i_stop) need: causal skips s >= i_stop."""
-    stop = min(s, i_stop) if is_causal else s
-    return range(0, stop, block_k)
+def key_blocks(i: int, n_k: int, block_q: int, block_k: int, is_causal: bool) -> int:
+    """How many key blocks query block i needs: causal skips keys >= its last query + 1."""
+    if not is_causal:
+        return n_k
+    return min(n_k, ((i + 1) * block_q + block_k - 1) // block_k)
 
 
-def query_blocks(j_start: int, t: int, block_q: int, is_causal: bool) -> range:
-    """Starts of the query blocks that see key block j: causal skips rows t < j_start."""
-    start = (j_start // block_q) * block_q if is_causal else 0
-    return range(start, t, block_q)
+def query_blocks(j: int, block_q: int, block_k: int, is_causal: bool) -> int:
+    """The first query block that sees key block j: causal skips rows t < j's first key."""
+    return (j * block_k) // block_q if is_causal else 0
 
 
 def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
@@ -118,17 +118,18 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
     acc = accumulator_dtype(q)
     b, h, t, hd = q.shape
     s = k.shape[2]
+    n_q, n_k = -(-t // block_q), -(-s // block_k)
     scale = 1.0 / math.sqrt(hd)
     out = torch.empty(b, h, t, hd, dtype=acc, device=q.device)
     lse = torch.empty(b, h, t, dtype=acc, device=q.device)
-    for i in range(0, t, block_q):  # step 1-2
-        rows = slice(i, min(i + block_q, t))
+    for i in range(n_q):  # step 1-2
+        rows = slice(i * block_q, min((i + 1) * block_q, t))
         q_i = q[:, :, rows].to(acc) * scale  # (B, H, Br, hd)
         m_i = torch.full(q_i.shape[:-1], -math.inf, dtype=acc, device=q.device)  # (B, H, Br)
         l_i = torch.zeros_like(m_i)
         o_i = torch.zeros_like(q_i)
-        for j in key_blocks(rows.start, rows.stop, s, block_k, is_causal):  # step 3
-            cols = slice(j, min(j + block_k, s))
+        for j in range(key_blocks(i, n_k, block_q, block_k, is_causal)):  # step 3
+            cols = slice(j * block_k, min((j + 1) * block_k, s))
             s_ij = q_i @ k[:, :, cols].to(acc).transpose(-2, -1)  # step 4: (B, H, Br, Bc)
             allowed = block_mask(mask, key_padding_mask, is_causal, rows, cols, q.device)
             if allowed is not None:
@@ -162,17 +163,18 @@ def flash_backward(q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, 
     acc = accumulator_dtype(q)
     t, hd = q.shape[2], q.shape[3]
     s = k.shape[2]
+    n_q, n_k = -(-t // block_q), -(-s // block_k)
     scale = 1.0 / math.sqrt(hd)
     d_out = d_out.to(acc)
     delta = (d_out * out.to(acc)).sum(dim=-1)  # step 1: (B, H, T)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     dk = torch.zeros(k.shape, dtype=acc, device=q.device)
     dv = torch.zeros(v.shape, dtype=acc, device=q.device)
-    for j in range(0, s, block_k):  # step 2
-        cols = slice(j, min(j + block_k, s))
+    for j in range(n_k):  # step 2
+        cols = slice(j * block_k, min((j + 1) * block_k, s))
         k_j, v_j = k[:, :, cols].to(acc), v[:, :, cols].to(acc)  # (B, H, Bc, hd)
-        for i in query_blocks(cols.start, t, block_q, is_causal):  # step 3
-            rows = slice(i, min(i + block_q, t))
+        for i in range(query_blocks(j, block_q, block_k, is_causal), n_q):  # step 3
+            rows = slice(i * block_q, min((i + 1) * block_q, t))
             q_i = q[:, :, rows].to(acc)  # (B, H, Br, hd)
             s_ij = (q_i * scale) @ k_j.transpose(-2, -1)  # step 4: (B, H, Br, Bc)
             p_ij = torch.exp(s_ij - lse[:, :, rows, None])
