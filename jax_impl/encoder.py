@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.attention import MultiHeadAttention, linear
+from jax_impl.precision import check_dtype
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
@@ -48,6 +49,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 def layer_norm(
     cfg: EncoderConfig, dtype, rngs: nnx.Rngs, *, width: int | None = None
 ) -> nnx.LayerNorm:
+    check_dtype(dtype)
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
     return nnx.LayerNorm(
         width or cfg.d_model,
@@ -81,6 +83,7 @@ class PatchEmbeddings(nnx.Module):
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.patch_size = cfg.patch_size
         c, p, d = cfg.num_channels, cfg.patch_size, cfg.d_model
         init = nnx.initializers.xavier_uniform()
@@ -107,6 +110,7 @@ class Embeddings(nnx.Module):
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.config = cfg
         self.token = None if cfg.image_size else _embedding(cfg.vocab_size, cfg, dtype, rngs)
         self.patch = PatchEmbeddings(cfg, dtype=dtype, rngs=rngs) if cfg.image_size else None
@@ -143,7 +147,7 @@ class Embeddings(nnx.Module):
         left padding and pads inside a sequence give the same positions as there.
         """
         pad = self.config.position_pad_id
-        real = (input_ids != pad).astype(input_ids.dtype)  # (B, T)
+        real = (input_ids != pad).astype(jnp.int32)  # (B, T)
         return jnp.cumsum(real, axis=1) * real + pad
 
     def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
@@ -177,6 +181,7 @@ class FeedForward(nnx.Module):
     """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.activation = cfg.activation
         self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype, rngs=rngs)
         self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype, rngs=rngs)
@@ -201,6 +206,7 @@ class EncoderLayer(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
+        check_dtype(dtype)
         self.norm_first = cfg.norm_first
         self.attention = MultiHeadAttention(
             cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
@@ -247,6 +253,7 @@ class Encoder(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
+        check_dtype(dtype)
         self.layers = nnx.List(
             [
                 EncoderLayer(cfg, backend=backend, dtype=dtype, rngs=rngs)
@@ -304,8 +311,7 @@ class TransformerEncoder(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
-        if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
-            raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+        check_dtype(dtype)
         self.config = cfg
         self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
         self.encoder = Encoder(cfg, backend=backend, dtype=dtype, rngs=rngs)
@@ -350,11 +356,11 @@ class TransformerEncoder(nnx.Module):
         check_inputs(
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
-        input_ids = jnp.asarray(input_ids)
+        input_ids = _index(input_ids)
         if attention_mask is not None:
             attention_mask = jnp.asarray(attention_mask)
         if token_type_ids is not None:
-            token_type_ids = jnp.asarray(token_type_ids)
+            token_type_ids = _index(token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         key_padding_mask = None if attention_mask is None else attention_mask.astype(bool)  # (B, T)
         is_causal = is_causal or self.config.causal
@@ -398,6 +404,12 @@ class TransformerEncoder(nnx.Module):
         outputs = (x,) + ((attentions,) if return_attention else ())
         outputs += (hidden_states,) if return_hidden_states else ()
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _index(x) -> jax.Array:
+    """An integer argument (any integer dtype, values already checked) as
+    ``shared.inputs.INDEX_DTYPE``, int32: the same dtype in both frameworks."""
+    return jnp.asarray(x).astype(jnp.int32)
 
 
 def _values(x) -> np.ndarray | Spec | None:

@@ -160,6 +160,10 @@ def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> 
 
     validate(weights, cfg)
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a directory; expected a file path, e.g. {path / 'model.safetensors'}"
+        )
     tensors = {k: np.ascontiguousarray(weights[k]) for k in expected_shapes(cfg)}
     fmt = format_of(cfg)
     metadata = {"format": fmt, "config": _config_json(cfg, fmt)}

@@ -333,11 +333,11 @@ class TransformerEncoder(nn.Module):
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
         device = self.embeddings.token.weight.device
-        input_ids = torch.as_tensor(input_ids, device=device)
+        input_ids = _index(input_ids, device)
         if attention_mask is not None:
             attention_mask = torch.as_tensor(attention_mask, device=device)
         if token_type_ids is not None:
-            token_type_ids = torch.as_tensor(token_type_ids, device=device)
+            token_type_ids = _index(token_type_ids, device)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         key_padding_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
         is_causal = is_causal or self.config.causal
@@ -381,6 +381,12 @@ class TransformerEncoder(nn.Module):
         outputs = (x,) + ((attentions,) if return_attention else ())
         outputs += (hidden_states,) if return_hidden_states else ()
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _index(x, device: torch.device) -> torch.Tensor:
+    """An integer argument (any integer dtype, values already checked) as
+    ``shared.inputs.INDEX_DTYPE``, int32, on ``device``: the same dtype in both frameworks."""
+    return torch.as_tensor(x, device=device).to(torch.int32)
 
 
 def _values(x) -> np.ndarray | Spec | None:

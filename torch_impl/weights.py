@@ -14,6 +14,7 @@ import torch
 from shared import layouts
 from shared import weights as v1
 from shared.config import EncoderConfig
+from shared.inputs import check_finite_weights
 from torch_impl.encoder import TransformerEncoder
 
 __all__ = ["export_weights", "from_weights", "import_weights", "load", "parameter_table", "save"]
@@ -77,9 +78,15 @@ def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
     return out
 
 
-def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) -> TransformerEncoder:
-    """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see ``shared.weights.validate``."""
+def import_weights(
+    model: TransformerEncoder, weights: dict[str, np.ndarray], *, allow_nonfinite: bool = False
+) -> TransformerEncoder:
+    """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see
+    ``shared.weights.validate``; a NaN or Inf raises ``CheckpointError`` naming the tensor
+    unless ``allow_nonfinite`` (``shared.inputs.check_finite_weights``)."""
     v1.validate(weights, model.config)
+    if not allow_nonfinite:
+        check_finite_weights(weights)
     with torch.no_grad():
         for name, param, layout in parameter_table(model):
             a = v1.as_numpy_float(weights[name])
@@ -94,14 +101,18 @@ def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
 
 
 def load(
-    path: str | os.PathLike, *, backend: str = "math", dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    *,
+    backend: str = "math",
+    dtype: torch.dtype | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransformerEncoder:
     """Build a model from any format-v1 checkpoint (saved by either implementation).
 
     The model comes back in eval mode, ready for inference; call ``.train()`` to train it.
     """
     weights, cfg = v1.load_file(path)
-    return from_weights(weights, cfg, backend=backend, dtype=dtype)
+    return from_weights(weights, cfg, backend=backend, dtype=dtype, allow_nonfinite=allow_nonfinite)
 
 
 def from_weights(
@@ -110,8 +121,9 @@ def from_weights(
     *,
     backend: str = "math",
     dtype: torch.dtype | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransformerEncoder:
     """A model in eval mode holding ``weights`` (format v1), e.g. from ``shared.hf.load_bert``."""
     model = TransformerEncoder(cfg, backend=backend, dtype=dtype)
-    import_weights(model, weights)
+    import_weights(model, weights, allow_nonfinite=allow_nonfinite)
     return model.eval()
