@@ -251,6 +251,34 @@ def test_every_gather_out_of_range_is_one_named_error_in_both(cfg, ids, types, m
     assert message in _both_raise_the_same(tm, jm, ids, None, types)
 
 
+@pytest.fixture(scope="module")
+def text_pair():
+    return build_pair(TEXT, random_weights(TEXT, seed=1))
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_each_integer_dtypes_extreme_values_are_reported_as_they_are(dtype, text_pair):
+    """The smallest and largest value of every integer dtype, as a token id and as a token
+    type: the same named error in both, with the value as Python reads it (never wrapped)."""
+    tm, jm = text_pair
+    info = np.iinfo(dtype)
+    extremes = [v for v in (int(info.min), int(info.max)) if not 0 <= v < TEXT.vocab_size]
+    assert extremes  # every dtype's max is past the tables
+    for value in extremes:
+        ids = IDS.astype(dtype)
+        ids[0, 0] = value
+        listed = [v for row in ids.tolist() for v in row]  # Python ints
+        message = _both_raise_the_same(tm, jm, ids)
+        expected = f"got min {min(listed)}, max {max(listed)}"
+        assert message == f"input_ids must lie in [0, vocab_size=50), {expected}"
+        types = np.zeros(IDS.shape, dtype)
+        types[1, 1] = value
+        listed = [v for row in types.tolist() for v in row]
+        message = _both_raise_the_same(tm, jm, IDS.astype(dtype), None, types)
+        expected = f"got min {min(listed)}, max {max(listed)}"
+        assert message == f"token_type_ids must lie in [0, type_vocab_size=3), {expected}"
+
+
 def test_roberta_positions_at_the_limit_run_in_both_and_one_more_is_refused(device):
     """max_len=8, pad 1: six real tokens take rows 2..7 and run (the oracle's numbers, uint8
     ids); a seventh is refused by the host check alone."""
