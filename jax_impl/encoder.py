@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.attention import MultiHeadAttention, linear
+from jax_impl.precision import check_dtype
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
@@ -51,6 +52,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 def layer_norm(
     cfg: EncoderConfig, dtype, rngs: nnx.Rngs, *, width: int | None = None
 ) -> nnx.LayerNorm:
+    check_dtype(dtype)
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
     return nnx.LayerNorm(
         width or cfg.d_model,
@@ -84,6 +86,7 @@ class PatchProjection(nnx.Module):
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.patch_size = cfg.patch_size
         c, p, d = cfg.num_channels, cfg.patch_size, cfg.d_model
         init = nnx.initializers.xavier_uniform()
@@ -112,6 +115,7 @@ class TokenEmbeddings(nnx.Module):
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.config = cfg
         self.token = _embedding(cfg.vocab_size, cfg, dtype, rngs)
         if cfg.positional == "learned":
@@ -140,7 +144,7 @@ class TokenEmbeddings(nnx.Module):
         pad = self.config.position_pad_id
         if pad is None:
             return jnp.arange(input_ids.shape[1])[None]  # (1, T)
-        real = (input_ids != pad).astype(input_ids.dtype)  # (B, T)
+        real = (input_ids != pad).astype(jnp.int32)  # (B, T)
         return jnp.cumsum(real, axis=1) * real + pad
 
     def position_vectors(self, position_ids: jax.Array) -> jax.Array:
@@ -171,14 +175,14 @@ class TokenEmbeddings(nnx.Module):
         check_inputs(
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
-        input_ids = jnp.asarray(input_ids)
+        input_ids = _index(input_ids)
         x = self.token(input_ids)  # (B, T, E)
         x = x + self.position_vectors(self.position_ids(input_ids))  # + (B|1, T, E)
         if self.token_type is not None:
             if token_type_ids is None:
                 types = jnp.zeros_like(input_ids)
             else:
-                types = jnp.asarray(token_type_ids)
+                types = _index(token_type_ids)
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
@@ -229,6 +233,7 @@ class FeedForward(nnx.Module):
     """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.activation = cfg.activation
         self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype, rngs=rngs)
         self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype, rngs=rngs)
@@ -253,6 +258,7 @@ class EncoderLayer(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
+        check_dtype(dtype)
         self.norm_first = cfg.norm_first
         self.attention = MultiHeadAttention(
             cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
@@ -299,6 +305,7 @@ class Encoder(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
+        check_dtype(dtype)
         self.layers = nnx.List(
             [
                 EncoderLayer(cfg, backend=backend, dtype=dtype, rngs=rngs)
@@ -360,8 +367,7 @@ class TransformerEncoder(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
-        if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
-            raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+        check_dtype(dtype)
         self.config = cfg
         embeddings = PatchEmbeddings if cfg.image_size else TokenEmbeddings
         self.embeddings = embeddings(cfg, dtype=dtype, rngs=rngs)
@@ -434,6 +440,12 @@ def _given(arguments) -> dict[str, bool]:
 
 
 Embeddings = TokenEmbeddings  # the name before the ViT front end became its own module
+
+
+def _index(x) -> jax.Array:
+    """An integer argument (any integer dtype, values already checked) as
+    ``shared.inputs.INDEX_DTYPE``, int32: the same dtype in both frameworks."""
+    return jnp.asarray(x).astype(jnp.int32)
 
 
 def _values(x) -> np.ndarray | Spec | None:

@@ -24,6 +24,7 @@ from jax_impl.encoder import TransformerEncoder
 from shared import layouts
 from shared import weights as v1
 from shared.config import EncoderConfig
+from shared.inputs import check_finite_weights
 from shared.tensors import tensors
 
 __all__ = [
@@ -116,9 +117,15 @@ def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
     return layouts.from_outside(table, arrays)  # copies, never views of the parameters
 
 
-def import_weights(model: TransformerEncoder, weights: dict[str, np.ndarray]) -> TransformerEncoder:
-    """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see ``shared.weights.validate``."""
+def import_weights(
+    model: TransformerEncoder, weights: dict[str, np.ndarray], *, allow_nonfinite: bool = False
+) -> TransformerEncoder:
+    """Copy format-v1 ``weights`` into ``model`` (cast to its dtype). Strict: see
+    ``shared.weights.validate``; a NaN or Inf raises ``CheckpointError`` naming the tensor
+    unless ``allow_nonfinite`` (``shared.inputs.check_finite_weights``)."""
     v1.validate(weights, model.config)
+    if not allow_nonfinite:
+        check_finite_weights(weights)
     params = _parameters(model)
     table = rows(model)
     weights = {name: v1.as_numpy_float(a) for name, a in weights.items()}
@@ -141,7 +148,12 @@ def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
 
 
 def load(
-    path: str | os.PathLike, *, backend: str = "math", dtype=None, rngs: nnx.Rngs | None = None
+    path: str | os.PathLike,
+    *,
+    backend: str = "math",
+    dtype=None,
+    rngs: nnx.Rngs | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransformerEncoder:
     """Build a model from any format-v1 checkpoint (saved by either implementation).
 
@@ -149,7 +161,9 @@ def load(
     ``rngs`` seeds dropout should it be trained (default ``nnx.Rngs(0)``).
     """
     weights, cfg = v1.load_file(path)
-    return from_weights(weights, cfg, backend=backend, dtype=dtype, rngs=rngs)
+    return from_weights(
+        weights, cfg, backend=backend, dtype=dtype, rngs=rngs, allow_nonfinite=allow_nonfinite
+    )
 
 
 def from_weights(
@@ -159,10 +173,11 @@ def from_weights(
     backend: str = "math",
     dtype=None,
     rngs: nnx.Rngs | None = None,
+    allow_nonfinite: bool = False,
 ) -> TransformerEncoder:
     """A model in eval mode holding ``weights`` (format v1), e.g. from ``shared.hf.load_bert``."""
     rngs = nnx.Rngs(0) if rngs is None else rngs
     model = TransformerEncoder(cfg, backend=backend, dtype=dtype, rngs=rngs)
-    import_weights(model, weights)
+    import_weights(model, weights, allow_nonfinite=allow_nonfinite)
     model.eval()
     return model

@@ -30,6 +30,7 @@ def test_gpu_check_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     names = [line.split("]")[0].removeprefix("plan: [") for line in plan]
     assert names == ["versions", "parity-gpu", "bert-base-bf16-sweep", "bert-large-bf16-train-step"]
     assert "--device gpu" in plan[1] and "ours-math,ours-fused,ours-flash" in plan[2]
+    assert "parity_tests/test_masked_keys.py" in plan[1]  # cuDNN with a padding mask
     assert "--batch 32 --seq-lens 512" in plan[3]
     assert sum(int(line.split("(limit ")[1].split("s)")[0]) for line in plan) <= 8 * 60
     assert not (tmp_path / "gc").exists()

@@ -156,14 +156,14 @@ class TokenEmbeddings(nn.Module):
             self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
         )
         device = self.token.weight.device
-        input_ids = torch.as_tensor(input_ids, device=device)
+        input_ids = _index(input_ids, device)
         x = self.token(input_ids)  # (B, T, E)
         x = x + self.position_vectors(self.position_ids(input_ids))  # + (B|1, T, E)
         if self.token_type is not None:
             if token_type_ids is None:
                 types = torch.zeros_like(input_ids)
             else:
-                types = torch.as_tensor(token_type_ids, device=device)
+                types = _index(token_type_ids, device)
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
@@ -416,6 +416,12 @@ def _given(arguments) -> dict[str, bool]:
 
 
 Embeddings = TokenEmbeddings  # the name before the ViT front end became its own module
+
+
+def _index(x, device: torch.device) -> torch.Tensor:
+    """An integer argument (any integer dtype, values already checked) as
+    ``shared.inputs.INDEX_DTYPE``, int32, on ``device``: the same dtype in both frameworks."""
+    return torch.as_tensor(x, device=device).to(torch.int32)
 
 
 def _values(x) -> np.ndarray | Spec | None:
