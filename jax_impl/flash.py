@@ -15,8 +15,9 @@ backward recomputes each block's weights P_ij = exp(S_ij - L_i) from L.
 Masks: ``key_padding_mask`` (B, S) True = real key; ``is_causal`` (query t sees keys
 s <= t; key blocks entirely above the diagonal are skipped, not computed); ``mask`` a
 general boolean (B|1, H|1, T|1, S) mask, True = may attend. All three combine. A query row
-with no allowed key gets a zero output and zero gradients, as the math path does. Scores
-and sums run in float32 (float64 for float64 inputs); the output has the inputs' dtype.
+with no allowed key gets a zero output and zero gradients, as the math path does. Keys no
+query may attend to are never read (:func:`hide_masked_keys`, which every backend calls).
+Scores and sums run in float32 (float64 for float64 inputs); the output has the inputs' dtype.
 
 JAX specifics: the loops are ``lax`` loops (``lax.map`` over query blocks, ``fori_loop``
 over key blocks), so the compiled program holds one block of scores at a time and its
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["BLOCK_K", "BLOCK_Q", "flash_attention"]
+__all__ = ["BLOCK_K", "BLOCK_Q", "flash_attention", "hide_masked_keys"]
 
 BLOCK_Q = 128  # Br: query rows per block
 BLOCK_K = 128  # Bc: key rows per block
@@ -64,7 +65,46 @@ def flash_attention(
     block_k = BLOCK_K if block_k is None else block_k
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
+    k, v = hide_masked_keys(k, v, mask, key_padding_mask, is_causal=is_causal, q_len=q.shape[2])
     return _flash_attention(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k)
+
+
+def hide_masked_keys(
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    key_padding_mask: jax.Array | None,
+    *,
+    is_causal: bool,
+    q_len: int,
+) -> tuple[jax.Array, jax.Array]:
+    """k, v (B, H, S, hd) with the rows of keys that no query may attend to set to zero.
+
+    Every backend calls this first, so that a masked key's K and V are never read: a NaN or
+    Inf there (padding's embeddings, a garbage cache row) cannot reach any output or
+    gradient, whatever a kernel does with a masked score (0 * NaN is NaN; -inf + NaN is
+    NaN). A key is visible when some query t < ``q_len`` may attend to it under ``mask``
+    (B|1, H|1, T|1, S), ``key_padding_mask`` (B, S) and causality (s <= t) together. Keys
+    some queries see are left as they are: a non-finite value there is the caller's.
+    """
+    s = k.shape[2]
+    visible = None  # (B|1, H|1, S), or None: every key is visible
+    if mask is not None:
+        if is_causal and mask.shape[-2] > 1:  # already (.., T, S): the causal and is no larger
+            causal = jnp.tril(jnp.ones((q_len, s), dtype=bool))[None, None]
+            visible = (mask & causal).any(axis=-2)
+        else:
+            visible = mask.any(axis=-2)
+    if is_causal and (mask is None or mask.shape[-2] == 1):
+        reach = jnp.arange(s) < q_len  # (S,): some query t >= s exists
+        visible = reach[None, None] if visible is None else visible & reach
+    if key_padding_mask is not None:
+        real = key_padding_mask.astype(bool)[:, None, :]  # (B, 1, S)
+        visible = real if visible is None else visible & real
+    if visible is None:
+        return k, v
+    hidden = ~visible[..., None]  # (B|1, H|1, S, 1)
+    return jnp.where(hidden, 0.0, k), jnp.where(hidden, 0.0, v)
 
 
 def accumulator_dtype(x: jax.Array):

@@ -6,10 +6,21 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ["ACTIVATIONS", "POSITIONAL_KINDS", "EncoderConfig"]
+__all__ = ["ACTIVATIONS", "POSITIONAL_KINDS", "EncoderConfig", "format_of_field"]
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 POSITIONAL_KINDS = ("sinusoidal", "learned")
+
+
+def _since_format_2(default: Any) -> Any:
+    """A field that checkpoint format 1 does not know; ``default`` means "not used"
+    (``shared.weights`` writes format 2 only when such a field differs from it)."""
+    return dataclasses.field(default=default, metadata={"format": 2})
+
+
+def format_of_field(field: dataclasses.Field) -> int:
+    """The checkpoint format that introduced a config field: 1, or 2 (``_since_format_2``)."""
+    return field.metadata.get("format", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +46,18 @@ class EncoderConfig:
     embed_norm: bool = False  # LayerNorm after the embedding sum, as in BERT
     final_norm: bool = False  # LayerNorm after the last layer, as pre-norm models need
     # Added with checkpoint format 2, each for a family of pretrained checkpoints:
-    causal: bool = False  # every call is causal, as GPT-2 (is_causal=True still works alone)
-    position_pad_id: int | None = None  # RoBERTa: positions from input_ids, pads at this id
-    embed_dim: int = 0  # ELECTRA: embedding width E, projected to d_model; 0 = d_model, none
-    image_size: int = 0  # ViT: square images this many pixels wide; 0 = text (input_ids)
-    patch_size: int = 16  # ViT: square patches, each one token (image_size % patch_size == 0)
-    num_channels: int = 3  # ViT: colour channels of pixel_values (B, C, H, W)
+    # every call is causal, as GPT-2 (is_causal=True still works alone)
+    causal: bool = _since_format_2(False)
+    # RoBERTa: positions from input_ids, pads at this id
+    position_pad_id: int | None = _since_format_2(None)
+    # ELECTRA: embedding width E, projected to d_model; 0 = d_model, none
+    embed_dim: int = _since_format_2(0)
+    # ViT: square images this many pixels wide; 0 = text (input_ids)
+    image_size: int = _since_format_2(0)
+    # ViT: square patches, each one token (image_size % patch_size == 0)
+    patch_size: int = _since_format_2(16)
+    # ViT: colour channels of pixel_values (B, C, H, W)
+    num_channels: int = _since_format_2(3)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"):

@@ -12,6 +12,8 @@ Layout (``D`` = d_model, ``F`` = d_ff, ``V`` = vocab_size)::
     layers.{i}.norm2.weight|bias      (D,)   the norm around the feed-forward block
     final_norm.weight|bias            (D,)                  only if final_norm
 
+The names, shapes and logical axes are the rows of ``shared/tensors.py``.
+
 Format 2 ("twin-encoder/2") adds EncoderConfig fields (:data:`FORMAT_2_FIELDS`) and one
 tensor; a file is written as format 1 whenever its config uses none of them, and both load:
 
@@ -26,20 +28,23 @@ Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the pap
 is columns ``h*hd:(h+1)*hd``, and rows ``h*hd:(h+1)*hd`` of ``out.weight``.
 
 The file's metadata is ``{"format": "twin-encoder/1", "config": <EncoderConfig JSON>}``.
-Loading is strict and never unpickles anything; saving is atomic (temporary file + rename).
+Loading is strict and never unpickles anything; saving is atomic (temporary file + rename,
+``shared.atomic``) and gives the file the permissions the umask gives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from shared.config import EncoderConfig
+from shared.atomic import check_output_path, write_atomic
+from shared.config import EncoderConfig, format_of_field
 from shared.layouts import CheckpointError, check_names
+from shared.tensors import tensors
 
 __all__ = [
     "FORMAT",
@@ -57,57 +62,21 @@ __all__ = [
 FORMAT = "twin-encoder/1"
 FORMAT_2 = "twin-encoder/2"  # format 1 plus the EncoderConfig fields below
 FORMATS = (FORMAT, FORMAT_2)
-# EncoderConfig fields that format 1 does not know, with the value that means "not used".
+# EncoderConfig fields that format 1 does not know, with the value that means "not used"
+# (the fields that shared/config.py marks as added with format 2).
 FORMAT_2_FIELDS = {
-    "causal": False,
-    "position_pad_id": None,
-    "embed_dim": 0,
-    "image_size": 0,
-    "patch_size": 16,
-    "num_channels": 3,
+    field.name: field.default
+    for field in dataclasses.fields(EncoderConfig)
+    if format_of_field(field) == 2
 }
 
 Weights = dict[str, np.ndarray]
 
 
 def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order."""
-    d, f, e = cfg.d_model, cfg.d_ff, cfg.embed_width
-    shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.image_size:
-        p = cfg.patch_size
-        shapes["embeddings.patch.weight"] = (cfg.num_channels, p, p, e)
-        shapes["embeddings.patch.bias"] = (e,)
-        shapes["embeddings.class_token"] = (1, e)
-    else:
-        shapes["embeddings.token.weight"] = (cfg.vocab_size, e)
-    if cfg.positional == "learned":
-        shapes["embeddings.position.weight"] = (cfg.max_len, e)
-    if cfg.type_vocab_size > 0:
-        shapes["embeddings.token_type.weight"] = (cfg.type_vocab_size, e)
-    if cfg.embed_norm:
-        shapes |= _norm("embeddings.norm", e)
-    if cfg.embed_dim:
-        shapes |= _linear("embeddings.project", e, d)
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}"
-        for name in ("q", "k", "v", "out"):
-            shapes |= _linear(f"{p}.attention.{name}", d, d)
-        shapes |= _norm(f"{p}.norm1", d)
-        shapes |= _linear(f"{p}.ffn.in", d, f)
-        shapes |= _linear(f"{p}.ffn.out", f, d)
-        shapes |= _norm(f"{p}.norm2", d)
-    if cfg.final_norm:
-        shapes |= _norm("final_norm", d)
-    return shapes
-
-
-def _linear(prefix: str, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (d_in, d_out), f"{prefix}.bias": (d_out,)}
-
-
-def _norm(prefix: str, d: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (d,), f"{prefix}.bias": (d,)}
+    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order
+    (the rows of ``shared/tensors.py``)."""
+    return {t.name: t.shape for t in tensors(cfg)}
 
 
 def format_of(cfg: EncoderConfig) -> str:
@@ -155,24 +124,21 @@ def as_numpy_float(array) -> np.ndarray:
 
 
 def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> None:
-    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file."""
-    from safetensors.numpy import save_file as _save
+    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file.
+
+    The file gets the permissions the umask gives (0644 under umask 022). Raises
+    ``CheckpointError`` for weights that do not match ``cfg`` and
+    ``shared.atomic.OutputPathError`` when ``path`` is a folder or its folder does not
+    exist, before anything is written.
+    """
+    from safetensors import numpy as st_numpy
 
     validate(weights, cfg)
-    path = Path(path)
+    path = check_output_path(path)
     tensors = {k: np.ascontiguousarray(weights[k]) for k in expected_shapes(cfg)}
     fmt = format_of(cfg)
     metadata = {"format": fmt, "config": _config_json(cfg, fmt)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        _save(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: st_numpy.save_file(tensors, tmp, metadata=metadata))
 
 
 def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:

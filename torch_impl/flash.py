@@ -15,7 +15,8 @@ backward recomputes each block's weights P_ij = exp(S_ij - L_i) from L.
 Masks: ``key_padding_mask`` (B, S) True = real key; ``is_causal`` (query t sees keys
 s <= t; key blocks entirely above the diagonal are skipped, not computed); ``mask`` a
 general boolean (B|1, H|1, T|1, S) mask, True = may attend. All three combine. A query row
-with no allowed key gets a zero output and zero gradients, as the math path does. Scores
+with no allowed key gets a zero output and zero gradients, as the math path does. Keys no
+query may attend to are never read (:func:`hide_masked_keys`, which every backend calls). Scores
 and sums run in float32 (float64 for float64 inputs); the output has the inputs' dtype.
 """
 
@@ -25,7 +26,7 @@ import math
 
 import torch
 
-__all__ = ["BLOCK_K", "BLOCK_Q", "flash_attention"]
+__all__ = ["BLOCK_K", "BLOCK_Q", "flash_attention", "hide_masked_keys"]
 
 BLOCK_Q = 128  # Br: query rows per block
 BLOCK_K = 128  # Bc: key rows per block
@@ -61,7 +62,46 @@ def flash_attention(
     block_k = BLOCK_K if block_k is None else block_k
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
+    k, v = hide_masked_keys(k, v, mask, key_padding_mask, is_causal=is_causal, q_len=q.shape[2])
     return _FlashAttention.apply(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k)
+
+
+def hide_masked_keys(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    *,
+    is_causal: bool,
+    q_len: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v (B, H, S, hd) with the rows of keys that no query may attend to set to zero.
+
+    Every backend calls this first, so that a masked key's K and V are never read: a NaN or
+    Inf there (padding's embeddings, a garbage cache row) cannot reach any output or
+    gradient, whatever a kernel does with a masked score (0 * NaN is NaN; -inf + NaN is
+    NaN). A key is visible when some query t < ``q_len`` may attend to it under ``mask``
+    (B|1, H|1, T|1, S), ``key_padding_mask`` (B, S) and causality (s <= t) together. Keys
+    some queries see are left as they are: a non-finite value there is the caller's.
+    """
+    s = k.shape[2]
+    visible = None  # (B|1, H|1, S), or None: every key is visible
+    if mask is not None:
+        if is_causal and mask.shape[-2] > 1:  # already (.., T, S): the causal and is no larger
+            causal = torch.ones(q_len, s, dtype=torch.bool, device=k.device).tril()[None, None]
+            visible = (mask & causal).any(dim=-2)
+        else:
+            visible = mask.any(dim=-2)
+    if is_causal and (mask is None or mask.shape[-2] == 1):
+        reach = torch.arange(s, device=k.device) < q_len  # (S,): some query t >= s exists
+        visible = reach[None, None] if visible is None else visible & reach
+    if key_padding_mask is not None:
+        real = key_padding_mask.bool()[:, None, :]  # (B, 1, S)
+        visible = real if visible is None else visible & real
+    if visible is None:
+        return k, v
+    hidden = ~visible[..., None]  # (B|1, H|1, S, 1)
+    return k.masked_fill(hidden, 0.0), v.masked_fill(hidden, 0.0)
 
 
 def accumulator_dtype(x: torch.Tensor) -> torch.dtype:
@@ -92,16 +132,16 @@ def block_mask(
     return allowed
 
 
-def key_blocks(i_start: int, i_stop: int, s: int, block_k: int, is_causal: bool) -> range:
-    """Starts of the key blocks query rows [i_start, i_stop) need: causal skips s >= i_stop."""
-    stop = min(s, i_stop) if is_causal else s
-    return range(0, stop, block_k)
+def key_blocks(i: int, n_k: int, block_q: int, block_k: int, is_causal: bool) -> int:
+    """How many key blocks query block i needs: causal skips keys >= its last query + 1."""
+    if not is_causal:
+        return n_k
+    return min(n_k, ((i + 1) * block_q + block_k - 1) // block_k)
 
 
-def query_blocks(j_start: int, t: int, block_q: int, is_causal: bool) -> range:
-    """Starts of the query blocks that see key block j: causal skips rows t < j_start."""
-    start = (j_start // block_q) * block_q if is_causal else 0
-    return range(start, t, block_q)
+def query_blocks(j: int, block_q: int, block_k: int, is_causal: bool) -> int:
+    """The first query block that sees key block j: causal skips rows t < j's first key."""
+    return (j * block_k) // block_q if is_causal else 0
 
 
 def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
@@ -118,17 +158,18 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k):
     acc = accumulator_dtype(q)
     b, h, t, hd = q.shape
     s = k.shape[2]
+    n_q, n_k = -(-t // block_q), -(-s // block_k)
     scale = 1.0 / math.sqrt(hd)
     out = torch.empty(b, h, t, hd, dtype=acc, device=q.device)
     lse = torch.empty(b, h, t, dtype=acc, device=q.device)
-    for i in range(0, t, block_q):  # step 1-2
-        rows = slice(i, min(i + block_q, t))
+    for i in range(n_q):  # step 1-2
+        rows = slice(i * block_q, min((i + 1) * block_q, t))
         q_i = q[:, :, rows].to(acc) * scale  # (B, H, Br, hd)
         m_i = torch.full(q_i.shape[:-1], -math.inf, dtype=acc, device=q.device)  # (B, H, Br)
         l_i = torch.zeros_like(m_i)
         o_i = torch.zeros_like(q_i)
-        for j in key_blocks(rows.start, rows.stop, s, block_k, is_causal):  # step 3
-            cols = slice(j, min(j + block_k, s))
+        for j in range(key_blocks(i, n_k, block_q, block_k, is_causal)):  # step 3
+            cols = slice(j * block_k, min((j + 1) * block_k, s))
             s_ij = q_i @ k[:, :, cols].to(acc).transpose(-2, -1)  # step 4: (B, H, Br, Bc)
             allowed = block_mask(mask, key_padding_mask, is_causal, rows, cols, q.device)
             if allowed is not None:
@@ -162,17 +203,18 @@ def flash_backward(q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, 
     acc = accumulator_dtype(q)
     t, hd = q.shape[2], q.shape[3]
     s = k.shape[2]
+    n_q, n_k = -(-t // block_q), -(-s // block_k)
     scale = 1.0 / math.sqrt(hd)
     d_out = d_out.to(acc)
     delta = (d_out * out.to(acc)).sum(dim=-1)  # step 1: (B, H, T)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     dk = torch.zeros(k.shape, dtype=acc, device=q.device)
     dv = torch.zeros(v.shape, dtype=acc, device=q.device)
-    for j in range(0, s, block_k):  # step 2
-        cols = slice(j, min(j + block_k, s))
+    for j in range(n_k):  # step 2
+        cols = slice(j * block_k, min((j + 1) * block_k, s))
         k_j, v_j = k[:, :, cols].to(acc), v[:, :, cols].to(acc)  # (B, H, Bc, hd)
-        for i in query_blocks(cols.start, t, block_q, is_causal):  # step 3
-            rows = slice(i, min(i + block_q, t))
+        for i in range(query_blocks(j, block_q, block_k, is_causal), n_q):  # step 3
+            rows = slice(i * block_q, min((i + 1) * block_q, t))
             q_i = q[:, :, rows].to(acc)  # (B, H, Br, hd)
             s_ij = (q_i * scale) @ k_j.transpose(-2, -1)  # step 4: (B, H, Br, Bc)
             p_ij = torch.exp(s_ij - lse[:, :, rows, None])
