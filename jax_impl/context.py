@@ -42,8 +42,13 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from jax_impl import flash
-from jax_impl.flash import accumulator_dtype, flash_attention, flash_backward, flash_forward
-from jax_impl.flash import hide_masked_keys
+from jax_impl.flash import (
+    accumulator_dtype,
+    flash_attention,
+    flash_backward,
+    flash_forward,
+    hide_masked_keys,
+)
 from shared import parallel as plan
 
 __all__ = [
@@ -222,9 +227,22 @@ def _ring_step(tensors: list[jax.Array], axis_name: str) -> list[jax.Array]:
     return list(lax.ppermute(tuple(tensors), axis_name, perm=ring))
 
 
-def _when(visible, compute, skipped):
-    """``compute()`` where ``visible`` (a traced boolean, or True), else ``skipped()``."""
-    return compute() if visible is True else lax.cond(visible, compute, skipped)
+def _when(visible, compute, skipped, *operands):
+    """``compute(*operands)`` where ``visible`` (a traced boolean, or True), else
+    ``skipped(*operands)``: a chunk pair causality masks entirely is not computed."""
+    if visible is True:
+        return compute(*operands)
+    return lax.cond(visible, compute, skipped, *operands)
+
+
+def _no_keys(q, k, v, mask, real):
+    """What ``flash_forward`` gives queries that see none of the keys: O = 0, L = +inf."""
+    return jnp.zeros_like(q), jnp.full(q.shape[:-1], jnp.inf, dtype=q.dtype)
+
+
+def _no_gradients(q, k, v, out, lse, d_out, mask, real):
+    """What ``flash_backward`` gives a pair with no allowed entry: zeros."""
+    return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)
 
 
 def ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k):
@@ -248,12 +266,10 @@ def ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q
             mask = causal_mask(positions[qs], pos_j[ks]) if is_causal else None
             o_ij, lse_ij = _when(
                 visible,
-                lambda qs=qs, ks=ks, mask=mask: flash_forward(
-                    q[:, :, qs], k_j[:, :, ks], v_j[:, :, ks], mask, real_j[:, ks],
-                    False, block_q, block_k,
-                ),  # fmt: skip
-                lambda qs=qs: (jnp.zeros_like(q[:, :, qs]), jnp.full_like(lse[:, :, qs], jnp.inf)),
-            )
+                functools.partial(flash_forward, is_causal=False, block_q=block_q, block_k=block_k),
+                _no_keys,
+                q[:, :, qs], k_j[:, :, ks], v_j[:, :, ks], mask, real_j[:, ks],
+            )  # fmt: skip
             lse_ij = jnp.where(jnp.isinf(lse_ij), -jnp.inf, lse_ij)  # no key: weight 0
             o_i, lse_i = merge_partial(out[:, :, qs], lse[:, :, qs], o_ij, lse_ij)
             out, lse = out.at[:, :, qs].set(o_i), lse.at[:, :, qs].set(lse_i)
@@ -284,16 +300,11 @@ def ring_backward(q, k, v, out, lse, d_out, real, positions, is_causal, chunks, 
             mask = causal_mask(positions[qs], pos_j[ks]) if is_causal else None
             dq_ij, dk_ij, dv_ij = _when(
                 visible,
-                lambda qs=qs, ks=ks, mask=mask: flash_backward(
-                    q[:, :, qs], k_j[:, :, ks], v_j[:, :, ks], out[:, :, qs], lse[:, :, qs],
-                    d_out[:, :, qs], mask, real_j[:, ks], False, bq, bk,
-                ),  # fmt: skip
-                lambda qs=qs, ks=ks: (
-                    jnp.zeros_like(q[:, :, qs]),
-                    jnp.zeros_like(k_j[:, :, ks]),
-                    jnp.zeros_like(v_j[:, :, ks]),
-                ),
-            )
+                functools.partial(flash_backward, is_causal=False, block_q=bq, block_k=bk),
+                _no_gradients,
+                q[:, :, qs], k_j[:, :, ks], v_j[:, :, ks], out[:, :, qs], lse[:, :, qs],
+                d_out[:, :, qs], mask, real_j[:, ks],
+            )  # fmt: skip
             dq = dq.at[:, :, qs].add(dq_ij)
             dk_j = dk_j.at[:, :, ks].add(dk_ij)
             dv_j = dv_j.at[:, :, ks].add(dv_ij)
@@ -313,7 +324,9 @@ def _ring_attention(q, k, v, real, positions, is_causal, chunks, axis_name, bloc
 
 def _ring_attention_fwd(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k):
     """Saves Q, K, V, O and L of this device's rows; the backward runs the ring again."""
-    out, lse = ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k)
+    out, lse = ring_forward(
+        q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k
+    )
     return out.astype(v.dtype), (q, k, v, out, lse, real, positions)
 
 
@@ -404,5 +417,3 @@ def count_collectives(jaxpr) -> collections.Counter:
 
     visit(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr)
     return counts
-
-

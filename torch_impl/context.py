@@ -38,8 +38,13 @@ import torch.distributed as dist
 
 from shared import parallel as plan
 from torch_impl import flash
-from torch_impl.flash import accumulator_dtype, flash_attention, flash_backward, flash_forward
-from torch_impl.flash import hide_masked_keys
+from torch_impl.flash import (
+    accumulator_dtype,
+    flash_attention,
+    flash_backward,
+    flash_forward,
+    hide_masked_keys,
+)
 
 __all__ = [
     "COUNTS",
@@ -200,9 +205,7 @@ def ring_forward(q, k, v, real, positions, is_causal, chunks, group, block_q, bl
                 False, block_q, block_k,
             )  # fmt: skip
             lse_ij = torch.where(torch.isinf(lse_ij), -math.inf, lse_ij)  # no key: weight 0
-            out[:, :, qs], lse[:, :, qs] = merge_partial(
-                out[:, :, qs], lse[:, :, qs], o_ij, lse_ij
-            )
+            out[:, :, qs], lse[:, :, qs] = merge_partial(out[:, :, qs], lse[:, :, qs], o_ij, lse_ij)
             COUNTS["scores"] += (qs.stop - qs.start) * (ks.stop - ks.start)
         if step < world - 1:
             block = _ring_step(block, group)
@@ -249,7 +252,9 @@ class _RingAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, real, positions, is_causal, chunks, group, block_q, block_k):
-        out, lse = ring_forward(q, k, v, real, positions, is_causal, chunks, group, block_q, block_k)
+        out, lse = ring_forward(
+            q, k, v, real, positions, is_causal, chunks, group, block_q, block_k
+        )
         ctx.save_for_backward(q, k, v, out, lse, real, positions)
         ctx.options = (is_causal, chunks, group, block_q, block_k)
         return out.to(v.dtype)
@@ -286,7 +291,9 @@ def ring_attention(
     k, v = hide_masked_keys(k, v, None, real, is_causal=False, q_len=q.shape[2])
     block_q = flash.BLOCK_Q if block_q is None else block_q
     block_k = flash.BLOCK_K if block_k is None else block_k
-    return _RingAttention.apply(q, k, v, real, positions, is_causal, chunks, group, block_q, block_k)
+    return _RingAttention.apply(
+        q, k, v, real, positions, is_causal, chunks, group, block_q, block_k
+    )
 
 
 class _AllGatherSequence(torch.autograd.Function):
