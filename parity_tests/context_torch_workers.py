@@ -90,8 +90,34 @@ def run_cases(rank: int, folder: str, seq: int) -> None:
     for load_balance in (False, True):
         name = f"work-{'lb' if load_balance else 'plain'}"
         _attend(folder, rank, mesh, name, "ring", load_balance, True, t=32, ragged=False)
+    _bad_inputs(folder, rank, mesh, seq)
     if seq == 4:
         for data, model in ((2, 1), (1, 2)):
             mesh = parallel.make_mesh(data=data, model=model, seq=2)
             name = f"data{data}-model{model}-seq2"
             _attend(folder, rank, mesh, name, "ring", True, True)
+
+
+def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
+    """The ValueError of each bad split or argument, written down for the test."""
+    group = mesh["seq"].get_group()
+    x = torch.zeros(B, H, 2 * seq + 2, HD)
+    positions = torch.arange(2)
+    cases = {
+        "split": lambda: context.slice_sequence(x, group, dim=2, load_balance=True),
+        "method": lambda: context.context_attention(
+            x[:, :, :2], x[:, :, :2], x[:, :, :2], positions=positions, method="tree"
+        ),
+        "positions": lambda: context.ring_attention(
+            x[:, :, :2], x[:, :, :2], x[:, :, :2], positions=torch.arange(3), group=group
+        ),
+        "mesh": lambda: parallel.make_mesh(seq=2 * seq),
+    }
+    messages = {}
+    for name, case in cases.items():
+        try:
+            case()
+        except ValueError as error:
+            messages[name] = str(error)
+    if rank == 0:
+        np.savez(Path(folder) / "errors.npz", **messages)

@@ -157,6 +157,17 @@ def test_load_balancing_evens_the_causal_work_across_ranks(torch_run):
         assert_close(got, want["out"].numpy(), F32, f"out, {name}")
 
 
+def test_torch_bad_splits_and_arguments_name_what_was_expected_and_what_was_got(torch_run):
+    folder, seq = torch_run
+    errors = {k: str(v) for k, v in np.load(folder / "errors.npz").items()}
+    assert errors["split"].startswith(
+        f"seq_len={2 * seq + 2} is not divisible by the mesh's 2 * seq = {2 * seq} chunks"
+    )
+    assert errors["method"] == "method must be one of ('ring', 'all_gather'), got 'tree'"
+    assert errors["positions"] == "positions must have shape (2,), got (3,)"
+    assert errors["mesh"].startswith(f"mesh data=1 x model=1 x seq={2 * seq} needs {2 * seq}")
+
+
 # ---------------------------------------------------------------------------------------------
 # JAX: 4 host devices, in a child process
 
