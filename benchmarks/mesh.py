@@ -121,7 +121,7 @@ def check(mesh: MeshSpec, cfg, batch: int) -> None:
     plan.check_model_split(cfg, mesh.sizes["model"])
     if mesh.sizes["seq"] > 1:
         raise ValueError(
-            f"--mesh seq={mesh.sizes['seq']}: the encoder does not run context-parallel "
+            "the encoder does not run context-parallel "
             "attention yet (torch_impl/context.py and jax_impl/context.py are attention-level "
             "only), so a seq row would time the model replicated along seq; use seq=1"
         )
