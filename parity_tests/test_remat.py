@@ -227,8 +227,8 @@ def test_torch_keeps_less_for_the_backward_with_block_than_attention_than_none()
 
 def test_jax_recomputation_survives_xla_the_compiled_gradient_has_more_matmuls():
     """XLA could merge the recomputed forward with the original one (CSE); the compiled
-    program of the gradient has more dot ops with remat: block recomputes the layer's six
-    matmuls (q, k, v, out, FFN in and out) and the two of attention, attention those two."""
+    program of the gradient has more dot ops with remat: block recomputes the layer's
+    matmuls, attention only those of the attention sub-block, a subset."""
     cfg = tiny_config()
     dots = {r: remat_study.jax_dots(cfg, "math", r, batch=1, seq_len=T) for r in REMATS}
     assert dots["none"] < dots["attention"] < dots["block"], dots
