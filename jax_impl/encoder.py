@@ -255,7 +255,7 @@ class EncoderLayer(nnx.Module):
     Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
     ``remat="attention"`` recomputes the attention sub-block in the backward
-    (``nnx.remat``); the stack handles ``"block"``.
+    (``jax.checkpoint``); the stack handles ``"block"``.
     """
 
     def __init__(
@@ -465,9 +465,10 @@ class TransformerEncoder(nnx.Module):
 
 def _checkpointed(module):
     """``module``'s call, recomputed in the backward instead of keeping its activations
-    (``jax.checkpoint`` with the policy that saves nothing inside: only the call's inputs are
-    kept, so XLA holds no element-wise intermediates of the block; dropout replays the same
-    key). Array arguments are traced; the others (flags, None) are fixed for the call."""
+    (``jax.checkpoint`` with the policy that saves nothing inside: the call's inputs are its
+    only residuals, no intermediate of the block, element-wise or matmul; dropout replays the
+    same key). Array arguments are traced; the others (flags, None) are fixed for the call.
+    What XLA's buffer plan then holds is measured by ``studies/remat.py``."""
 
     def call(*args, **kwargs):
         arrays = {k: v for k, v in kwargs.items() if isinstance(v, jax.Array)}
