@@ -37,6 +37,7 @@ from benchmarks.suites import (
     max_len_for,
 )
 from benchmarks.variants import REGISTRY, VARIANTS
+from shared.backends import REMATS
 from shared.flops import PHASES
 
 __all__ = ["build_parser", "main"]
@@ -194,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--modes", type=_list_of(MODES), metavar="LIST", help="from eager,compiled")
     parser.add_argument(
+        "--remat",
+        type=_list_of(REMATS),
+        metavar="LIST",
+        help=f"activation checkpointing, from {','.join(REMATS)} (default none): each row "
+        "with a backward of an ours-* variant runs once per policy, recorded in the row's "
+        "remat field; forward rows and other variants run once, without",
+    )
+    parser.add_argument(
         "--phases",
         type=_list_of(PHASES),
         metavar="LIST",
@@ -299,6 +308,7 @@ def _selection(args, *, device: str, frameworks: tuple[str, ...]) -> Selection:
         batch=args.batch,
         seq_lens=args.seq_lens,
         meshes=tuple(dict.fromkeys(m for m in args.mesh if m.devices > 1)),
+        remats=args.remat or ("none",),
     )
 
 

@@ -70,8 +70,17 @@ class NativeModel(nnx.Module):
         return self.stack(x)  # (B, T, D)
 
 
-def _build_ours(v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any) -> nnx.Module:
-    return jax_impl.from_weights(weights, cfg, backend=v.backend, dtype=dtype)
+def _build_ours(
+    v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any, *, remat: str = "none"
+) -> nnx.Module:
+    if remat == "none":
+        return jax_impl.from_weights(weights, cfg, backend=v.backend, dtype=dtype)
+    model = jax_impl.TransformerEncoder(
+        cfg, backend=v.backend, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)
+    )
+    jax_impl.import_weights(model, weights)
+    model.eval()
+    return model
 
 
 def _build_native(v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any) -> nnx.Module:
@@ -89,14 +98,30 @@ BUILDERS: dict[str, Callable[[Variant, EncoderConfig, dict, Any], nnx.Module]] =
 
 
 def build_model(
-    name: str, cfg: EncoderConfig, weights: dict[str, np.ndarray], *, dtype: str
+    name: str,
+    cfg: EncoderConfig,
+    weights: dict[str, np.ndarray],
+    *,
+    dtype: str,
+    remat: str = "none",
 ) -> nnx.Module:
-    """The model of variant ``name`` (``benchmarks.variants``) holding ``weights``, on JAX's
-    default device (the caller's ``jax.default_device``)."""
+    """The model of variant ``name`` (``benchmarks.variants``) holding ``weights``, with
+    activation checkpointing ``remat`` (ours only), on JAX's default device (the caller's
+    ``jax.default_device``)."""
     v = variant(name)
     if v.implementation not in BUILDERS:
         raise ValueError(f"no JAX builder for {v.implementation!r} (variant {name!r})")
-    return BUILDERS[v.implementation](v, cfg, weights, JAX_DTYPES[dtype])
+    kwargs = _remat_kwargs(v, remat)
+    return BUILDERS[v.implementation](v, cfg, weights, JAX_DTYPES[dtype], **kwargs)
+
+
+def _remat_kwargs(v: Variant, remat: str) -> dict[str, str]:
+    """``{"remat": remat}`` for our model; ValueError for another implementation's."""
+    if remat == "none":
+        return {}
+    if v.implementation != "ours":
+        raise ValueError(f"remat={remat!r} applies to ours-* variants only, got {v.name!r}")
+    return {"remat": remat}
 
 
 def planned_working_bytes(compiled: Any) -> int | None:
@@ -187,7 +212,7 @@ class JaxRunner:
         if asked (cold compile time measured, and warm unless ``warm_compile`` is false)."""
         sharded = case.mesh.devices > 1
         with jax.default_device(self.device):
-            model = build_model(case.variant, cfg, weights, dtype=case.dtype)
+            model = build_model(case.variant, cfg, weights, dtype=case.dtype, remat=case.remat)
             if case.phase == "forward":
                 model.eval()
             else:

@@ -86,8 +86,14 @@ class NativeModel(nn.Module):
         return self.stack(x)  # (B, T, D)
 
 
-def _build_ours(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:
-    return torch_impl.from_weights(weights, cfg, backend=v.backend, dtype=dtype)
+def _build_ours(
+    v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype, *, remat: str = "none"
+) -> nn.Module:
+    if remat == "none":
+        return torch_impl.from_weights(weights, cfg, backend=v.backend, dtype=dtype)
+    model = torch_impl.TransformerEncoder(cfg, backend=v.backend, dtype=dtype, remat=remat)
+    torch_impl.import_weights(model, weights)
+    return model.eval()
 
 
 def _build_native(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:
@@ -111,12 +117,24 @@ def build_model(
     *,
     dtype: str,
     device: torch.device,
+    remat: str = "none",
 ) -> nn.Module:
-    """The model of variant ``name`` (``benchmarks.variants``) holding ``weights``."""
+    """The model of variant ``name`` (``benchmarks.variants``) holding ``weights``, with
+    activation checkpointing ``remat`` (ours only)."""
     v = variant(name)
     if v.implementation not in BUILDERS:
         raise ValueError(f"no PyTorch builder for {v.implementation!r} (variant {name!r})")
-    return BUILDERS[v.implementation](v, cfg, weights, TORCH_DTYPES[dtype]).to(device)
+    kwargs = _remat_kwargs(v, remat)
+    return BUILDERS[v.implementation](v, cfg, weights, TORCH_DTYPES[dtype], **kwargs).to(device)
+
+
+def _remat_kwargs(v: Variant, remat: str) -> dict[str, str]:
+    """``{"remat": remat}`` for our model; ValueError for another implementation's."""
+    if remat == "none":
+        return {}
+    if v.implementation != "ours":
+        raise ValueError(f"remat={remat!r} applies to ours-* variants only, got {v.name!r}")
+    return {"remat": remat}
 
 
 class TorchRunner:
@@ -210,7 +228,9 @@ class TorchRunner:
     ) -> Workload:
         """``case`` ready to time: model built (and sharded on a mesh), compiled if asked
         (cold compile time measured, and warm unless ``warm_compile`` is false)."""
-        model = build_model(case.variant, cfg, weights, dtype=case.dtype, device=self.device)
+        model = build_model(
+            case.variant, cfg, weights, dtype=case.dtype, device=self.device, remat=case.remat
+        )
         input_ids = torch.as_tensor(ids, device=self.device)
         if case.mesh.devices > 1:
             from torch_impl import parallel

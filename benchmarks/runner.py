@@ -100,6 +100,7 @@ def _case_dict(case: Case) -> dict[str, Any]:
         "batch": case.batch,
         "seq_len": case.seq_len,
         "mesh": case.mesh.name,
+        "remat": case.remat,
     }
 
 
@@ -345,6 +346,7 @@ def make_row(
         collective_bytes=meshes.collective_bytes(
             cfg, case.mesh, batch=case.batch, seq_len=case.seq_len
         ),
+        remat=case.remat,
     )
 
 

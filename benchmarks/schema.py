@@ -82,6 +82,12 @@ class Row:
     collective_bytes: int | None = _doc(
         "analytic bytes one call hands to collectives, per device (shared/parallel.py)", None
     )
+    remat: str = _doc(
+        "activation checkpointing of the model (shared/backends.py REMATS): none, block "
+        "(each encoder layer recomputed in the backward) or attention (each attention "
+        "sub-block recomputed)",
+        "none",
+    )
 
     def __getitem__(self, name: str) -> Any:
         """``row["median_ms"]``: rows read like the dicts of ``results.json``."""
@@ -112,6 +118,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "mesh": "",
     "devices": 1,
     "collective_bytes": None,
+    "remat": "none",
 }
 
 ENVIRONMENT_FIELDS = (

@@ -20,6 +20,7 @@ from pathlib import Path
 from benchmarks.mesh import MeshSpec
 from benchmarks.variants import OURS_VARIANTS, VARIANTS
 from benchmarks.variants import variant as lookup_variant
+from shared.backends import REMATS
 from shared.config import EncoderConfig
 from shared.flops import PHASES
 
@@ -40,6 +41,7 @@ __all__ = [
     "expand",
     "load_config",
     "max_len_for",
+    "remat_applies",
     "variant_parts",
 ]
 
@@ -260,6 +262,7 @@ class Case:
     batch: int
     seq_len: int
     mesh: MeshSpec = dataclasses.field(default_factory=MeshSpec)  # one device unless given
+    remat: str = "none"  # activation checkpointing (shared.backends.REMATS)
 
     @property
     def implementation(self) -> str:
@@ -270,15 +273,16 @@ class Case:
         return variant_parts(self.variant)[1]
 
     @property
-    def pair_key(self) -> tuple[str, str, int, int, MeshSpec]:
+    def pair_key(self) -> tuple[str, str, int, int, MeshSpec, str]:
         """Rows with the same key (one per framework) share one parity check."""
-        return (self.variant, self.dtype, self.batch, self.seq_len, self.mesh)
+        return (self.variant, self.dtype, self.batch, self.seq_len, self.mesh, self.remat)
 
     def label(self) -> str:
         mesh = f" mesh {self.mesh.name}" if self.mesh.devices > 1 else ""
+        remat = f" remat {self.remat}" if self.remat != "none" else ""
         return (
             f"{self.framework:5} {self.variant:10} {self.mode:8} {self.phase:16} "
-            f"{self.dtype:8} B={self.batch:<3} T={self.seq_len}{mesh}"
+            f"{self.dtype:8} B={self.batch:<3} T={self.seq_len}{mesh}{remat}"
         )
 
 
@@ -299,6 +303,13 @@ class Selection:
     batch: int | None = None
     seq_lens: tuple[int, ...] | None = None
     meshes: tuple[MeshSpec, ...] = ()  # each train-step case runs on each of these too
+    remats: tuple[str, ...] = ("none",)  # each case with a backward of ours runs with each
+
+
+def remat_applies(case: Case) -> bool:
+    """Activation checkpointing (``--remat``) changes only rows with a backward, of our model:
+    the others run once, without it."""
+    return case.phase != "forward" and case.implementation == "ours"
 
 
 def _union(values: Sequence[Sequence[str]], order: Sequence[str]) -> tuple[str, ...]:
@@ -351,11 +362,14 @@ def expand(suite: Suite, sel: Selection) -> list[Case]:
                                 case = Case(
                                     framework, variant, mode, phase, sel.device, dtype, b, t
                                 )
-                                cases[case] = None
-                                if phase != "train_step":
-                                    continue
-                                for mesh in sel.meshes:
-                                    cases[dataclasses.replace(case, mesh=mesh)] = None
+                                remats = sel.remats if remat_applies(case) else ("none",)
+                                for remat in remats:
+                                    case = dataclasses.replace(case, remat=remat)
+                                    cases[case] = None
+                                    if phase != "train_step":
+                                        continue
+                                    for mesh in sel.meshes:
+                                        cases[dataclasses.replace(case, mesh=mesh)] = None
     return sorted(cases, key=_execution_order)
 
 
@@ -367,6 +381,7 @@ def _execution_order(case: Case) -> tuple:
         case.mesh.devices,
         case.mesh.name,
         VARIANTS.index(case.variant),
+        REMATS.index(case.remat),
         FRAMEWORKS.index(case.framework),
         PHASES.index(case.phase),
         MODES.index(case.mode),

@@ -18,6 +18,7 @@ from flax import nnx
 
 from jax_impl.attention import MultiHeadAttention, linear
 from jax_impl.precision import check_dtype
+from shared.backends import check_remat
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
@@ -253,12 +254,21 @@ class EncoderLayer(nnx.Module):
     Pre-norm (``norm_first``): x = x + Dropout(Sublayer(LN(x))).
     Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
+    ``remat="attention"`` recomputes the attention sub-block in the backward
+    (``jax.checkpoint``); the stack handles ``"block"``.
     """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype=None,
+        remat: str = "none",
+        rngs: nnx.Rngs,
     ) -> None:
         check_dtype(dtype)
+        self.remat = check_remat(remat)
         self.norm_first = cfg.norm_first
         self.attention = MultiHeadAttention(
             cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
@@ -294,21 +304,35 @@ class EncoderLayer(nnx.Module):
         return x, weights
 
     def _attend(self, x, masks, return_attention):
+        attention = self.attention
+        if self.remat == "attention":
+            attention = _checkpointed(attention)
         if return_attention:
-            return self.attention(x, **masks, return_attention=True)
-        return self.attention(x, **masks), None
+            return attention(x, **masks, return_attention=True)
+        return attention(x, **masks), None
 
 
 class Encoder(nnx.Module):
-    """N encoder layers, then a final LayerNorm if ``final_norm`` (pre-norm models need one)."""
+    """N encoder layers, then a final LayerNorm if ``final_norm`` (pre-norm models need one).
+
+    ``remat`` (one of ``shared.backends.REMATS``): ``"block"`` recomputes each layer in the
+    backward, keeping only its input; ``"attention"`` recomputes each attention sub-block.
+    """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype=None,
+        remat: str = "none",
+        rngs: nnx.Rngs,
     ) -> None:
         check_dtype(dtype)
+        self.remat = check_remat(remat)
         self.layers = nnx.List(
             [
-                EncoderLayer(cfg, backend=backend, dtype=dtype, rngs=rngs)
+                EncoderLayer(cfg, backend=backend, dtype=dtype, remat=remat, rngs=rngs)
                 for _ in range(cfg.n_layers)
             ]
         )
@@ -332,6 +356,8 @@ class Encoder(nnx.Module):
         attentions = [] if return_attention else None
         hidden_states = [x] if return_hidden_states else None
         for layer in self.layers:
+            if self.remat == "block":
+                layer = _checkpointed(layer)
             x, weights = layer(
                 x,
                 mask,
@@ -361,17 +387,27 @@ class TransformerEncoder(nnx.Module):
             (``jax.nn.dot_product_attention``) or ``"flash"`` (FlashAttention-2, ``jax_impl/flash.py``).
         dtype: parameter dtype (default float32), e.g. ``jnp.float64`` (needs ``jax_enable_x64``)
             or ``jnp.bfloat16``.
+        remat: activation checkpointing, one of ``shared.backends.REMATS``: ``"none"``,
+            ``"block"`` (recompute each encoder layer in the backward) or ``"attention"``
+            (recompute each attention sub-block). Gradients are unchanged; ValueError
+            naming the choices for any other value.
         rngs: parameter initialisation and dropout keys.
     """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype=None,
+        remat: str = "none",
+        rngs: nnx.Rngs,
     ) -> None:
         check_dtype(dtype)
         self.config = cfg
         embeddings = PatchEmbeddings if cfg.image_size else TokenEmbeddings
         self.embeddings = embeddings(cfg, dtype=dtype, rngs=rngs)
-        self.encoder = Encoder(cfg, backend=backend, dtype=dtype, rngs=rngs)
+        self.encoder = Encoder(cfg, backend=backend, dtype=dtype, remat=remat, rngs=rngs)
 
     def __call__(
         self,
@@ -425,6 +461,36 @@ class TransformerEncoder(nnx.Module):
             return_hidden_states=return_hidden_states,
         )
         return pack_outputs(x, attentions, hidden_states)
+
+
+def _checkpointed(module):
+    """``module``'s call, recomputed in the backward instead of keeping its activations
+    (``jax.checkpoint`` with the policy that saves nothing inside: the call's inputs are its
+    only residuals, no intermediate of the block, element-wise or matmul; dropout replays the
+    same key). Array arguments are traced; the others (flags, None) are fixed for the call.
+    What XLA's buffer plan then holds is measured by ``studies/remat.py``."""
+
+    def call(*args, **kwargs):
+        arrays = {k: v for k, v in kwargs.items() if isinstance(v, jax.Array)}
+        static = {k: v for k, v in kwargs.items() if k not in arrays}
+        graphdef, rng, rest = nnx.split(module, nnx.RngState, ...)
+        drew = []
+
+        def run(rng, rest, args, arrays):
+            m = nnx.merge(graphdef, rng, rest)
+            out = m(*args, **arrays, **static)
+            new = nnx.state(m, nnx.RngState)
+            pairs = zip(jax.tree.leaves(rng), jax.tree.leaves(new), strict=True)
+            drew.append(any(a is not b for a, b in pairs))
+            return out, new
+
+        policy = jax.checkpoint_policies.nothing_saveable
+        out, rng = jax.checkpoint(run, policy=policy)(rng, rest, args, arrays)
+        if drew[-1]:  # dropout drew keys: write the advanced counters back, as a plain call does
+            nnx.update(module, rng)
+        return out
+
+    return call
 
 
 def pack_outputs(x, attentions, hidden_states):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BACKENDS", "BACKEND_INFO", "Backend", "backend_info"]
+__all__ = ["BACKENDS", "BACKEND_INFO", "REMATS", "Backend", "backend_info", "check_remat"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +39,17 @@ def backend_info(name: str) -> Backend:
         if b.name == name:
             return b
     raise ValueError(f"backend={name!r} must be one of {BACKENDS}")
+
+
+REMATS: tuple[str, ...] = ("none", "block", "attention")
+"""Activation checkpointing (rematerialisation), orthogonal to the attention backend:
+``"none"`` keeps every activation the backward needs; ``"block"`` keeps only each encoder
+layer's input and recomputes the layer in the backward; ``"attention"`` recomputes only the
+attention sub-block (its q, k, v, weights and output), keeping the rest."""
+
+
+def check_remat(remat: str) -> str:
+    """``remat`` if it is one of :data:`REMATS`; ValueError naming the choices otherwise."""
+    if remat not in REMATS:
+        raise ValueError(f"remat={remat!r} must be one of {REMATS}")
+    return remat

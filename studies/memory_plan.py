@@ -22,9 +22,10 @@ from benchmarks.suites import load_config
 from shared import BACKENDS
 
 
-def plan(cfg, backend: str, batch: int, seq_len: int) -> dict[str, int]:
-    """Bytes of arguments, outputs and temporaries of jit(value_and_grad(loss))."""
-    model = jax_impl.TransformerEncoder(cfg, backend=backend, rngs=nnx.Rngs(0))
+def compiled(cfg, backend: str, batch: int, seq_len: int, *, remat: str = "none"):
+    """XLA's compiled jit(value_and_grad(loss)) of the encoder with ``backend`` and ``remat``
+    (``shared.backends.REMATS``), for a random (batch, seq_len) batch of ids."""
+    model = jax_impl.TransformerEncoder(cfg, backend=backend, remat=remat, rngs=nnx.Rngs(0))
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len)))
@@ -32,7 +33,13 @@ def plan(cfg, backend: str, batch: int, seq_len: int) -> dict[str, int]:
     def loss(params):
         return (nnx.merge(graphdef, params, rest)(ids) ** 2).mean()
 
-    m = jax.jit(jax.value_and_grad(loss)).lower(params).compile().memory_analysis()
+    return jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+
+
+def plan(cfg, backend: str, batch: int, seq_len: int, *, remat: str = "none") -> dict[str, int]:
+    """Bytes of arguments, outputs and temporaries of jit(value_and_grad(loss)), with the
+    model's ``remat`` policy (``shared.backends.REMATS``)."""
+    m = compiled(cfg, backend, batch, seq_len, remat=remat).memory_analysis()
     return {
         "arguments": m.argument_size_in_bytes,
         "outputs": m.output_size_in_bytes,

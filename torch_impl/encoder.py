@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
 
+from shared.backends import check_remat
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import sinusoidal
@@ -235,12 +237,20 @@ class EncoderLayer(nn.Module):
     Pre-norm (``norm_first``): x = x + Dropout(Sublayer(LN(x))).
     Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
+    ``remat="attention"`` recomputes the attention sub-block in the backward
+    (``torch.utils.checkpoint``); the stack handles ``"block"``.
     """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype: torch.dtype | None = None,
+        remat: str = "none",
     ) -> None:
         super().__init__()
+        self.remat = check_remat(remat)
         self.norm_first = cfg.norm_first
         self.attention = MultiHeadAttention(cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype)
         self.norm1 = layer_norm(cfg, dtype)
@@ -274,20 +284,36 @@ class EncoderLayer(nn.Module):
         return x, weights
 
     def _attend(self, x, masks, return_attention):
+        attention = self.attention
+        if self.remat == "attention":
+            attention = _checkpointed(attention)
         if return_attention:
-            return self.attention(x, **masks, return_attention=True)
-        return self.attention(x, **masks), None
+            return attention(x, **masks, return_attention=True)
+        return attention(x, **masks), None
 
 
 class Encoder(nn.Module):
-    """N encoder layers, then a final LayerNorm if ``final_norm`` (pre-norm models need one)."""
+    """N encoder layers, then a final LayerNorm if ``final_norm`` (pre-norm models need one).
+
+    ``remat`` (one of ``shared.backends.REMATS``): ``"block"`` recomputes each layer in the
+    backward, keeping only its input; ``"attention"`` recomputes each attention sub-block.
+    """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype: torch.dtype | None = None,
+        remat: str = "none",
     ) -> None:
         super().__init__()
+        self.remat = check_remat(remat)
         self.layers = nn.ModuleList(
-            [EncoderLayer(cfg, backend=backend, dtype=dtype) for _ in range(cfg.n_layers)]
+            [
+                EncoderLayer(cfg, backend=backend, dtype=dtype, remat=remat)
+                for _ in range(cfg.n_layers)
+            ]
         )
         self.final_norm = layer_norm(cfg, dtype) if cfg.final_norm else None
 
@@ -309,6 +335,8 @@ class Encoder(nn.Module):
         attentions = [] if return_attention else None
         hidden_states = [x] if return_hidden_states else None
         for layer in self.layers:
+            if self.remat == "block":
+                layer = _checkpointed(layer)
             x, weights = layer(
                 x,
                 mask,
@@ -338,16 +366,25 @@ class TransformerEncoder(nn.Module):
             (PyTorch's SDPA kernel) or ``"flash"`` (FlashAttention-2, ``torch_impl/flash.py``).
         dtype: parameter dtype (default float32), e.g. ``torch.float64`` or ``torch.bfloat16``.
             Prefer it to ``.to(dtype)``: the sinusoid table is then rounded once, from float64.
+        remat: activation checkpointing, one of ``shared.backends.REMATS``: ``"none"``,
+            ``"block"`` (recompute each encoder layer in the backward) or ``"attention"``
+            (recompute each attention sub-block). Gradients are unchanged; ValueError
+            naming the choices for any other value.
     """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype: torch.dtype | None = None,
+        remat: str = "none",
     ) -> None:
         super().__init__()
         self.config = cfg
         embeddings = PatchEmbeddings if cfg.image_size else TokenEmbeddings
         self.embeddings = embeddings(cfg, dtype=dtype)
-        self.encoder = Encoder(cfg, backend=backend, dtype=dtype)
+        self.encoder = Encoder(cfg, backend=backend, dtype=dtype, remat=remat)
 
     def forward(
         self,
@@ -401,6 +438,16 @@ class TransformerEncoder(nn.Module):
             return_hidden_states=return_hidden_states,
         )
         return pack_outputs(x, attentions, hidden_states)
+
+
+def _checkpointed(module):
+    """``module``'s call, recomputed in the backward instead of keeping its activations
+    (``torch.utils.checkpoint``, non-reentrant; dropout replays the same mask)."""
+
+    def call(*args, **kwargs):
+        return checkpoint(module, *args, use_reentrant=False, **kwargs)
+
+    return call
 
 
 def pack_outputs(x, attentions, hidden_states):
