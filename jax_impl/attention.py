@@ -3,10 +3,16 @@
 Mirrors ``torch_impl/attention.py`` statement for statement; ``diff`` the two files to see
 the framework idioms and nothing else.
 
-Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim = D / H.
+Notation: B batch, T query length, S key length, D d_model, H heads, G K/V heads, hd
+head_dim (D / H unless the config sets it).
 Masks are boolean, True = may attend (``shared/masks.py``), shaped to broadcast to (B, H, T, S).
-The model passes padding as a (B, S) ``key_padding_mask`` and causality as ``is_causal``;
-only the backends that need one build the dense (B|1, 1, T, S) mask (:func:`combine_masks`).
+The model passes padding as a (B, S) ``key_padding_mask``, causality as ``is_causal`` and a
+sliding window as ``window`` (keys |t - s| <= window, ``shared.masks.band``); only the
+backends that need one build the dense (B|1, 1, T, S) mask (:func:`combine_masks`).
+
+Grouped-query attention (Ainslie et al. 2023): k and v may hold G heads, G dividing H;
+query head h reads K/V head h // (H / G). The math path repeats K/V per group
+(:func:`repeat_kv`), the fused kernel takes the groups natively, flash never repeats them.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_impl.flash import flash_attention
+from jax_impl.flash import check_window, flash_attention
 from shared.backends import BACKENDS, backend_info
 from shared.inputs import check_mask_shape
 
@@ -26,14 +32,56 @@ __all__ = [
     "ATTENTION",
     "BACKENDS",
     "MultiHeadAttention",
+    "apply_rope",
     "combine_masks",
     "flash_attention",
     "fused_attention",
     "fused_kernel",
     "make_attention_mask",
     "math_attention",
+    "repeat_kv",
     "scaled_dot_product_attention",
 ]
+
+
+def repeat_kv(x: jax.Array, n_heads: int) -> jax.Array:
+    """(B, G, S, hd) K or V heads -> (B, H, S, hd), head j repeated for query heads
+    j * H/G .. (j + 1) * H/G - 1. Raises ValueError unless G divides H."""
+    g = x.shape[1]
+    if n_heads % g:
+        raise ValueError(
+            f"K/V heads must divide query heads: got {g} K/V heads, {n_heads} query heads"
+        )
+    return x if g == n_heads else jnp.repeat(x, n_heads // g, axis=1)
+
+
+def apply_rope(
+    x: jax.Array, positions: jax.Array, inv_freq: jax.Array, *, interleaved: bool = False
+) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021, RoFormer) of q or k.
+
+    Args:
+        x: (B, H, T, hd) queries or keys.
+        positions: (B|1, T) integer positions.
+        inv_freq: (hd/2,) theta_p = base^(-2p / hd) (``shared.positional.rope_inverse_frequencies``).
+        interleaved: pairs (2p, 2p + 1) instead of transformers' (p, p + hd/2).
+
+    Returns:
+        (B, H, T, hd) in x's dtype: pair (a, b) at angle m * theta_p becomes
+        (a cos - b sin, a sin + b cos), computed in at least float32.
+    """
+    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    angles = positions[:, None, :, None].astype(acc) * inv_freq.astype(acc)[None, None, None]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    y = x.astype(acc)
+    if interleaved:
+        a, b = y[..., 0::2], y[..., 1::2]
+    else:
+        a, b = y[..., : y.shape[-1] // 2], y[..., y.shape[-1] // 2 :]
+    ra, rb = a * cos - b * sin, a * sin + b * cos
+    if interleaved:
+        return jnp.stack([ra, rb], axis=-1).reshape(y.shape).astype(x.dtype)
+    return jnp.concatenate([ra, rb], axis=-1).astype(x.dtype)
 
 
 def scaled_dot_product_attention(
@@ -42,7 +90,8 @@ def scaled_dot_product_attention(
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(hd)) V, written out.
 
     Args:
-        q: (B, H, T, hd) queries; k, v: (B, H, S, hd) keys and values.
+        q: (B, H, T, hd) queries; k, v: (B, G, S, hd) keys and values, G dividing H
+            (repeated per group, :func:`repeat_kv`).
         mask: boolean, broadcastable to (B, H, T, S); True = may attend.
 
     Returns:
@@ -51,6 +100,7 @@ def scaled_dot_product_attention(
         and finite gradients (the paper leaves this case undefined; Flax's own attention
         averages the values there).
     """
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, S, hd)
     scores = q @ k.swapaxes(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     scores = scores.astype(jnp.float64 if scores.dtype == jnp.float64 else jnp.float32)
     if mask is not None:
@@ -70,9 +120,10 @@ def math_attention(
     *,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
 ) -> jax.Array:
     """:func:`scaled_dot_product_attention` on the combined dense mask; the output only."""
-    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k)
+    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k, window=window)
     return scaled_dot_product_attention(q, k, v, mask)[0]
 
 
@@ -84,6 +135,7 @@ def fused_attention(
     *,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
 ) -> jax.Array:
     """The same function through JAX's fused kernel, ``jax.nn.dot_product_attention``.
 
@@ -92,14 +144,16 @@ def fused_attention(
     key are given every key (a finite average) and then zeroed, which matches
     :func:`scaled_dot_product_attention` whatever kernel JAX picks. JAX's kernel takes
     (B, T, H, hd), hence the transposes; the kernel is :func:`fused_kernel`'s choice.
+    K/V with fewer heads go to the kernel as they are (it takes G dividing H); a window is
+    a mask.
     """
     attend = functools.partial(
         jax.nn.dot_product_attention, implementation=fused_kernel(q.dtype, q.shape[-1])
     )
-    if mask is None and key_padding_mask is None:
-        q, k, v = (y.swapaxes(1, 2) for y in (q, k, v))  # (B, T|S, H, hd)
+    if mask is None and key_padding_mask is None and window is None:
+        q, k, v = (y.swapaxes(1, 2) for y in (q, k, v))  # (B, T|S, H|G, hd)
         return attend(q, k, v, is_causal=is_causal).swapaxes(1, 2)
-    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k)
+    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k, window=window)
     has_key = mask.any(axis=-1, keepdims=True)  # (B|1, H|1, T, 1)
     q, k, v = (y.swapaxes(1, 2) for y in (q, k, v))  # (B, T|S, H, hd)
     out = attend(q, k, v, mask=mask | ~has_key).swapaxes(1, 2)
@@ -112,13 +166,20 @@ def make_attention_mask(
     is_causal: bool,
     q_len: int,
     k_len: int | None = None,
+    window: int | None = None,
 ) -> jax.Array | None:
-    """(B, S) real-token mask and/or causality -> one boolean (B|1, 1, T, S) mask, or None."""
+    """(B, S) real-token mask, causality and/or a sliding window -> one boolean
+    (B|1, 1, T, S) mask, or None."""
     mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    k_len = q_len if k_len is None else k_len
     if is_causal:
-        k_len = q_len if k_len is None else k_len
         causal = jnp.tril(jnp.ones((q_len, k_len), dtype=bool))[None, None]
         mask = causal if mask is None else mask & causal  # (B|1, 1, T, S)
+    if window is not None:
+        t = jnp.arange(q_len)[:, None]
+        s = jnp.arange(k_len)[None, :]
+        band = (jnp.abs(t - s) <= check_window(window))[None, None]  # (1, 1, T, S)
+        mask = band if mask is None else mask & band
     return mask
 
 
@@ -129,10 +190,15 @@ def combine_masks(
     is_causal: bool,
     q: jax.Array,
     k: jax.Array,
+    window: int | None = None,
 ) -> jax.Array | None:
-    """General mask & (B, S) padding & causality -> one dense boolean mask, or None."""
+    """General mask & (B, S) padding & causality & window -> one dense boolean mask, or None."""
     dense = make_attention_mask(
-        key_padding_mask, is_causal=is_causal, q_len=q.shape[2], k_len=k.shape[2]
+        key_padding_mask,
+        is_causal=is_causal,
+        q_len=q.shape[2],
+        k_len=k.shape[2],
+        window=window,
     )
     if mask is None or dense is None:
         return mask if dense is None else dense

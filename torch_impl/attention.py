@@ -3,10 +3,16 @@
 Mirrors ``jax_impl/attention.py`` statement for statement; ``diff`` the two files to see
 the framework idioms and nothing else.
 
-Notation: B batch, T query length, S key length, D d_model, H heads, hd head_dim = D / H.
+Notation: B batch, T query length, S key length, D d_model, H heads, G K/V heads, hd
+head_dim (D / H unless the config sets it).
 Masks are boolean, True = may attend (``shared/masks.py``), shaped to broadcast to (B, H, T, S).
-The model passes padding as a (B, S) ``key_padding_mask`` and causality as ``is_causal``;
-only the backends that need one build the dense (B|1, 1, T, S) mask (:func:`combine_masks`).
+The model passes padding as a (B, S) ``key_padding_mask``, causality as ``is_causal`` and a
+sliding window as ``window`` (keys |t - s| <= window, ``shared.masks.band``); only the
+backends that need one build the dense (B|1, 1, T, S) mask (:func:`combine_masks`).
+
+Grouped-query attention (Ainslie et al. 2023): k and v may hold G heads, G dividing H;
+query head h reads K/V head h // (H / G). The math path repeats K/V per group
+(:func:`repeat_kv`), the fused kernel takes the groups natively, flash never repeats them.
 """
 
 from __future__ import annotations
@@ -19,19 +25,61 @@ from torch import nn
 
 from shared.backends import BACKENDS, backend_info
 from shared.inputs import check_mask_shape
-from torch_impl.flash import flash_attention
+from torch_impl.flash import check_window, flash_attention
 
 __all__ = [
     "ATTENTION",
     "BACKENDS",
     "MultiHeadAttention",
+    "apply_rope",
     "combine_masks",
     "flash_attention",
     "fused_attention",
     "make_attention_mask",
     "math_attention",
+    "repeat_kv",
     "scaled_dot_product_attention",
 ]
+
+
+def repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, G, S, hd) K or V heads -> (B, H, S, hd), head j repeated for query heads
+    j * H/G .. (j + 1) * H/G - 1. Raises ValueError unless G divides H."""
+    g = x.shape[1]
+    if n_heads % g:
+        raise ValueError(
+            f"K/V heads must divide query heads: got {g} K/V heads, {n_heads} query heads"
+        )
+    return x if g == n_heads else x.repeat_interleave(n_heads // g, dim=1)
+
+
+def apply_rope(
+    x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, *, interleaved: bool = False
+) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021, RoFormer) of q or k.
+
+    Args:
+        x: (B, H, T, hd) queries or keys.
+        positions: (B|1, T) integer positions.
+        inv_freq: (hd/2,) theta_p = base^(-2p / hd) (``shared.positional.rope_inverse_frequencies``).
+        interleaved: pairs (2p, 2p + 1) instead of transformers' (p, p + hd/2).
+
+    Returns:
+        (B, H, T, hd) in x's dtype: pair (a, b) at angle m * theta_p becomes
+        (a cos - b sin, a sin + b cos), computed in at least float32.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    angles = positions[:, None, :, None].to(acc) * inv_freq.to(acc)[None, None, None]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    y = x.to(acc)
+    if interleaved:
+        a, b = y[..., 0::2], y[..., 1::2]
+    else:
+        a, b = y[..., : y.shape[-1] // 2], y[..., y.shape[-1] // 2 :]
+    ra, rb = a * cos - b * sin, a * sin + b * cos
+    if interleaved:
+        return torch.stack([ra, rb], dim=-1).flatten(-2).to(x.dtype)
+    return torch.cat([ra, rb], dim=-1).to(x.dtype)
 
 
 def scaled_dot_product_attention(
@@ -40,7 +88,8 @@ def scaled_dot_product_attention(
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(hd)) V, written out.
 
     Args:
-        q: (B, H, T, hd) queries; k, v: (B, H, S, hd) keys and values.
+        q: (B, H, T, hd) queries; k, v: (B, G, S, hd) keys and values, G dividing H
+            (repeated per group, :func:`repeat_kv`).
         mask: boolean, broadcastable to (B, H, T, S); True = may attend.
 
     Returns:
@@ -49,6 +98,7 @@ def scaled_dot_product_attention(
         and finite gradients (the paper leaves this case undefined; PyTorch's
         ``nn.MultiheadAttention`` returns NaN there).
     """
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, S, hd)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
     if mask is not None:
@@ -68,9 +118,10 @@ def math_attention(
     *,
     key_padding_mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    window: int | None = None,
 ) -> torch.Tensor:
     """:func:`scaled_dot_product_attention` on the combined dense mask; the output only."""
-    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k)
+    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k, window=window)
     return scaled_dot_product_attention(q, k, v, mask)[0]
 
 
@@ -82,6 +133,7 @@ def fused_attention(
     *,
     key_padding_mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    window: int | None = None,
 ) -> torch.Tensor:
     """The same function through PyTorch's fused kernel, ``F.scaled_dot_product_attention``.
 
@@ -89,12 +141,14 @@ def fused_attention(
     Causality alone goes to the kernel as its own flag (no mask built). Rows with no allowed
     key are given every key (a finite average) and then zeroed, which matches
     :func:`scaled_dot_product_attention` whatever kernel PyTorch picks.
+    K/V with fewer heads go to the kernel as they are (``enable_gqa``); a window is a mask.
     """
-    if mask is None and key_padding_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
-    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k)
+    gqa = {"enable_gqa": k.shape[1] != q.shape[1]}
+    if mask is None and key_padding_mask is None and window is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, **gqa)
+    mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k, window=window)
     has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, **gqa)
     return out.masked_fill(~has_key, 0.0)  # (B, H, T, hd)
 
 
@@ -105,13 +159,20 @@ def make_attention_mask(
     q_len: int,
     k_len: int | None = None,
     device: torch.device | None = None,
+    window: int | None = None,
 ) -> torch.Tensor | None:
-    """(B, S) real-token mask and/or causality -> one boolean (B|1, 1, T, S) mask, or None."""
+    """(B, S) real-token mask, causality and/or a sliding window -> one boolean
+    (B|1, 1, T, S) mask, or None."""
     mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    k_len = q_len if k_len is None else k_len
     if is_causal:
-        k_len = q_len if k_len is None else k_len
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
         mask = causal if mask is None else mask & causal  # (B|1, 1, T, S)
+    if window is not None:
+        t = torch.arange(q_len, device=device)[:, None]
+        s = torch.arange(k_len, device=device)[None, :]
+        band = ((t - s).abs() <= check_window(window))[None, None]  # (1, 1, T, S)
+        mask = band if mask is None else mask & band
     return mask
 
 
@@ -122,10 +183,16 @@ def combine_masks(
     is_causal: bool,
     q: torch.Tensor,
     k: torch.Tensor,
+    window: int | None = None,
 ) -> torch.Tensor | None:
-    """General mask & (B, S) padding & causality -> one dense boolean mask, or None."""
+    """General mask & (B, S) padding & causality & window -> one dense boolean mask, or None."""
     dense = make_attention_mask(
-        key_padding_mask, is_causal=is_causal, q_len=q.shape[2], k_len=k.shape[2], device=q.device
+        key_padding_mask,
+        is_causal=is_causal,
+        q_len=q.shape[2],
+        k_len=k.shape[2],
+        device=q.device,
+        window=window,
     )
     if mask is None or dense is None:
         return mask if dense is None else dense
