@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_impl.attention import MultiHeadAttention, linear
+from jax_impl.attention import MultiHeadAttention, RMSNorm, linear
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
-from shared.positional import sinusoidal
+from shared.positional import rope_inverse_frequencies, sinusoidal
 
 __all__ = [
     "Embeddings",
@@ -42,16 +42,22 @@ def activation(name: str, x: jax.Array) -> jax.Array:
         return jax.nn.gelu(x, approximate=False)  # exact erf form (JAX defaults to tanh)
     if name == "gelu_tanh":
         return jax.nn.gelu(x, approximate=True)
+    if name == "silu":
+        return jax.nn.silu(x)  # x * sigmoid(x)
     raise ValueError(f"unknown activation {name!r}")
 
 
 def layer_norm(
     cfg: EncoderConfig, dtype, rngs: nnx.Rngs, *, width: int | None = None
-) -> nnx.LayerNorm:
+) -> nnx.LayerNorm | RMSNorm:
+    """The config's norm: LayerNorm (with a bias unless ``norm_bias=False``) or RMSNorm."""
+    if cfg.norm == "rms_norm":
+        return RMSNorm(width or cfg.d_model, cfg.layer_norm_eps, dtype=dtype)
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
     return nnx.LayerNorm(
         width or cfg.d_model,
         epsilon=cfg.layer_norm_eps,
+        use_bias=cfg.norm_bias,
         use_fast_variance=False,
         param_dtype=dtype or jnp.float32,
         rngs=rngs,
@@ -174,19 +180,39 @@ class Embeddings(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike; with
+    ``gated_ffn`` a GLU (Shazeer 2020): (act(x W_gate + b_gate) * (x W_1 + b_1)) W_2 + b_2
+    (GeGLU with gelu, SwiGLU with silu). Biases as ``mlp_bias`` / ``mlp_out_bias`` say."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
         self.activation = cfg.activation
-        self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype, rngs=rngs)
-        self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype, rngs=rngs)
+        d, f, bias = cfg.d_model, cfg.d_ff, cfg.mlp_bias
+        self.gate_proj = linear(d, f, dtype=dtype, bias=bias, rngs=rngs) if cfg.gated_ffn else None
+        self.in_proj = linear(d, f, dtype=dtype, bias=bias, rngs=rngs)
+        self.out_proj = linear(f, d, dtype=dtype, bias=cfg.mlp_out_bias, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         # Position-wise: every token is one row. As 2-D matmuls, XLA:CPU's backward pass runs
         # about twice as fast as on (B, T, D) (benchmarks/results/README.md has the figures).
-        h = activation(self.activation, self.in_proj(x.reshape(b * t, d)))  # (B*T, F)
+        x = x.reshape(b * t, d)
+        h = self.in_proj(x)  # (B*T, F)
+        if self.gate_proj is None:
+            h = activation(self.activation, h)
+        else:
+            h = activation(self.activation, self.gate_proj(x)) * h
         return self.out_proj(h).reshape(b, t, d)  # (B, T, D)
+
+
+def attention_options(cfg: EncoderConfig) -> dict:
+    """The config's optional attention parts, as ``MultiHeadAttention``'s arguments."""
+    return {
+        "n_kv_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "bias": cfg.attention_bias,
+        "qk_norm_eps": cfg.layer_norm_eps if cfg.qk_norm else None,
+        "rope_interleaved": cfg.rope_interleaved,
+    }
 
 
 class EncoderLayer(nnx.Module):
@@ -196,16 +222,39 @@ class EncoderLayer(nnx.Module):
     Pre-norm (``norm_first``): x = x + Dropout(Sublayer(LN(x))).
     Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
+
+    Layer ``index`` reads its own parts of the config: its window (``cfg.layer_window``), its
+    RoPE base (``cfg.layer_rope_theta``; the table ``inv_freq`` is a constant, not a
+    parameter), and, for ModernBERT's layer 0 (``first_attn_norm=False``), no norm1.
     """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype=None,
+        index: int = 0,
+        rngs: nnx.Rngs,
     ) -> None:
         self.norm_first = cfg.norm_first
+        self.window = cfg.layer_window(index)
         self.attention = MultiHeadAttention(
-            cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
+            cfg.d_model,
+            cfg.n_heads,
+            **attention_options(cfg),
+            backend=backend,
+            dtype=dtype,
+            rngs=rngs,
         )
-        self.norm1 = layer_norm(cfg, dtype, rngs)
+        if cfg.positional == "rope":
+            inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.layer_rope_theta(index))
+            acc = jnp.float64 if dtype == jnp.float64 else jnp.float32
+            self.inv_freq = Constant(jnp.asarray(inv_freq, dtype=acc))
+        else:
+            self.inv_freq = None
+        skip = index == 0 and not cfg.first_attn_norm
+        self.norm1 = None if skip else layer_norm(cfg, dtype, rngs)
         self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
         self.norm2 = layer_norm(cfg, dtype, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
@@ -217,16 +266,21 @@ class EncoderLayer(nnx.Module):
         *,
         key_padding_mask: jax.Array | None = None,
         is_causal: bool = False,
+        positions: jax.Array | None = None,
         return_attention: bool = False,
     ) -> tuple[jax.Array, jax.Array | None]:
         """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``.
 
         ``mask`` (general), ``key_padding_mask`` (B, T) and ``is_causal`` go to the attention
-        as they are (``MultiHeadAttention`` documents them).
+        as they are (``MultiHeadAttention`` documents them), with the layer's window;
+        ``positions`` (B|1, T) rotate q and k when the config has RoPE.
         """
         masks = {"mask": mask, "key_padding_mask": key_padding_mask, "is_causal": is_causal}
+        masks["window"] = self.window
+        masks["rope"] = None if self.inv_freq is None else (positions, self.inv_freq[...])
         if self.norm_first:
-            a, weights = self._attend(self.norm1(x), masks, return_attention)
+            y = x if self.norm1 is None else self.norm1(x)
+            a, weights = self._attend(y, masks, return_attention)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
@@ -249,8 +303,8 @@ class Encoder(nnx.Module):
     ) -> None:
         self.layers = nnx.List(
             [
-                EncoderLayer(cfg, backend=backend, dtype=dtype, rngs=rngs)
-                for _ in range(cfg.n_layers)
+                EncoderLayer(cfg, backend=backend, dtype=dtype, index=i, rngs=rngs)
+                for i in range(cfg.n_layers)
             ]
         )
         self.final_norm = layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
@@ -262,10 +316,12 @@ class Encoder(nnx.Module):
         *,
         key_padding_mask: jax.Array | None = None,
         is_causal: bool = False,
+        positions: jax.Array | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
     ) -> tuple[jax.Array, list[jax.Array] | None, list[jax.Array] | None]:
-        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``.
+        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``; ``positions``
+        (B|1, T) are the RoPE positions (with ``positional="rope"``).
 
         ``hidden_states`` holds N + 1 arrays: the input, then each layer's output (before
         the final norm); ``attentions`` holds each layer's (B, H, T, T) weights.
@@ -278,6 +334,7 @@ class Encoder(nnx.Module):
                 mask,
                 key_padding_mask=key_padding_mask,
                 is_causal=is_causal,
+                positions=positions,
                 return_attention=return_attention,
             )
             if return_attention:

@@ -37,6 +37,7 @@ MODERN = {
     "norm_bias": False,
     "attention_bias": False,
     "mlp_bias": False,
+    "mlp_out_bias": False,
     "norm_first": True,
     "final_norm": True,
 }

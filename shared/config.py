@@ -67,7 +67,8 @@ class EncoderConfig:
     rope_interleaved: bool = False  # pairs (2i, 2i+1) (GPT-J) instead of (i, i + hd/2)
     # feed-forward and norms
     gated_ffn: bool = False  # GLU (Shazeer 2020): out(act(x W_gate) * x W_in); GeGLU, SwiGLU
-    mlp_bias: bool = True  # biases on the feed-forward linears
+    mlp_bias: bool = True  # biases on the feed-forward's input (and gate) linears
+    mlp_out_bias: bool = True  # bias on its output linear (GTE keeps this one only)
     norm: str = "layer_norm"  # or "rms_norm" (Zhang & Sennrich 2019, Llama); eps above
     norm_bias: bool = True  # LayerNorm bias (False: ModernBERT); rms_norm needs False
     first_attn_norm: bool = True  # False: layer 0 has no norm before attention (ModernBERT)
@@ -306,6 +307,7 @@ BOOL_FIELDS = (
     "rope_interleaved",
     "gated_ffn",
     "mlp_bias",
+    "mlp_out_bias",
     "norm_bias",
     "first_attn_norm",
 )
@@ -333,7 +335,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "layer_types",
     ),
     "rope": ("rope_theta", "rope_local_theta", "rope_interleaved"),
-    "feed-forward": ("activation", "gated_ffn", "mlp_bias"),
+    "feed-forward": ("activation", "gated_ffn", "mlp_bias", "mlp_out_bias"),
     "norms": ("norm", "norm_bias", "norm_first", "first_attn_norm", "final_norm", "layer_norm_eps"),
     "training": ("dropout",),
 }

@@ -8,7 +8,7 @@ Notation: B batch, T query length, S key length, D d_model, E embedding width, H
 G K/V heads (grouped-query attention), hd head_dim, F d_ff.
 
 Absent tensors are absent terms: a config without biases (``attention_bias``, ``mlp_bias``,
-``norm_bias``) has no bias tensors, and the oracle adds nothing there.
+``mlp_out_bias``, ``norm_bias``) has no bias tensors, and the oracle adds nothing there.
 """
 
 from __future__ import annotations

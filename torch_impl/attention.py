@@ -31,6 +31,7 @@ __all__ = [
     "ATTENTION",
     "BACKENDS",
     "MultiHeadAttention",
+    "RMSNorm",
     "apply_rope",
     "combine_masks",
     "flash_attention",
@@ -205,7 +206,11 @@ ATTENTION = {"math": math_attention, "fused": fused_attention, "flash": flash_at
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W_o, head_i = Attention(Q W_q^i, K W_k^i, V W_v^i).
 
-    Self-attention when ``context`` is omitted, cross-attention otherwise. The attention
+    Self-attention when ``context`` is omitted, cross-attention otherwise. Optional parts:
+    ``n_kv_heads`` K/V heads shared by groups of query heads (GQA, Ainslie et al. 2023),
+    a ``head_dim`` other than d_model / n_heads (Qwen3), no biases (``bias=False``), an
+    RMSNorm over each head of q and k (``qk_norm_eps``, Qwen3), and RoPE on q and k (the
+    ``rope`` argument of the call; Su et al. 2021). The attention
     function is chosen once, here, from :data:`ATTENTION` by ``backend`` (the names of
     ``shared/backends.py``): ``"math"`` runs :func:`scaled_dot_product_attention`,
     ``"fused"`` :func:`fused_attention`, ``"flash"`` :func:`flash_attention` (same numbers,
@@ -214,20 +219,35 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, *, backend: str = "math", dtype: torch.dtype | None = None
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        backend: str = "math",
+        dtype: torch.dtype | None = None,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = True,
+        qk_norm_eps: float | None = None,
+        rope_interleaved: bool = False,
     ) -> None:
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        check_heads(d_model, n_heads, n_kv_heads, head_dim)
         backend_info(backend)  # ValueError naming the known backends
         self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = head_dim or d_model // n_heads
         self.backend = backend
         self.attend = ATTENTION[backend]
-        self.q = linear(d_model, d_model, dtype=dtype)
-        self.k = linear(d_model, d_model, dtype=dtype)
-        self.v = linear(d_model, d_model, dtype=dtype)
-        self.out = linear(d_model, d_model, dtype=dtype)
+        self.rope_interleaved = rope_interleaved
+        width, kv_width = n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.q = linear(d_model, width, dtype=dtype, bias=bias)
+        self.k = linear(d_model, kv_width, dtype=dtype, bias=bias)
+        self.v = linear(d_model, kv_width, dtype=dtype, bias=bias)
+        self.out = linear(width, d_model, dtype=dtype, bias=bias)
+        norm = qk_norm_eps is not None
+        self.q_norm = RMSNorm(self.head_dim, qk_norm_eps, dtype=dtype) if norm else None
+        self.k_norm = RMSNorm(self.head_dim, qk_norm_eps, dtype=dtype) if norm else None
 
     def forward(
         self,
@@ -237,6 +257,8 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        window: int | None = None,
+        rope: tuple | None = None,
         return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D), context (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
@@ -245,7 +267,10 @@ class MultiHeadAttention(nn.Module):
             mask: general boolean (B|1, H|1, T|1, S) mask, True = may attend.
             key_padding_mask: boolean (B, S), True = real key (padding masked out).
             is_causal: query t attends to keys s <= t only.
-            The three combine (logical and).
+            window: query t attends to keys |t - s| <= window only (sliding window).
+            The four combine (logical and).
+            rope: ``(positions (B|1, T), inv_freq (hd/2,))``: rotate q and k (after the q/k
+                norm) by RoPE at these positions (:func:`apply_rope`); self-attention only.
         """
         context = x if context is None else context
         b, t, _ = x.shape
@@ -261,11 +286,17 @@ class MultiHeadAttention(nn.Module):
         # 1. Project, and split the feature axis into heads. The head count comes from the
         #    tensor: under tensor parallelism a device holds only its H / M local heads.
         q = self.q(x).view(b, t, -1, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k(context).view(b, s, -1, hd).transpose(1, 2)  # (B, H, S, hd)
-        v = self.v(context).view(b, s, -1, hd).transpose(1, 2)  # (B, H, S, hd)
+        k = self.k(context).view(b, s, -1, hd).transpose(1, 2)  # (B, G, S, hd)
+        v = self.v(context).view(b, s, -1, hd).transpose(1, 2)  # (B, G, S, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            positions, inv_freq = rope
+            q = apply_rope(q, positions, inv_freq, interleaved=self.rope_interleaved)
+            k = apply_rope(k, positions, inv_freq, interleaved=self.rope_interleaved)
 
         # 2. Attend, in every head at once.
-        masks = {"key_padding_mask": key_padding_mask, "is_causal": is_causal}
+        masks = {"key_padding_mask": key_padding_mask, "is_causal": is_causal, "window": window}
         if return_attention:
             mask = combine_masks(mask, **masks, q=q, k=k)
             out, weights = scaled_dot_product_attention(q, k, v, mask)
@@ -273,7 +304,7 @@ class MultiHeadAttention(nn.Module):
             out, weights = self.attend(q, k, v, mask, **masks), None
 
         # 3. Concatenate the heads and project back.
-        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, D), or (B, T, D / M) per device
+        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, H hd), or (B, T, H hd / M) per device
         out = self.out(out)
         return (out, weights) if return_attention else out
 
@@ -294,12 +325,41 @@ def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) ->
         )
 
 
-def linear(d_in: int, d_out: int, *, dtype: torch.dtype | None = None) -> nn.Linear:
-    """``nn.Linear`` initialised as ``jax_impl`` does: Xavier-uniform weight, zero bias."""
-    layer = nn.Linear(d_in, d_out, dtype=dtype)
+def linear(
+    d_in: int, d_out: int, *, dtype: torch.dtype | None = None, bias: bool = True
+) -> nn.Linear:
+    """``nn.Linear`` initialised as ``jax_impl`` does: Xavier-uniform weight, zero bias (or none)."""
+    layer = nn.Linear(d_in, d_out, bias=bias, dtype=dtype)
     nn.init.xavier_uniform_(layer.weight)
-    nn.init.zeros_(layer.bias)
+    if bias:
+        nn.init.zeros_(layer.bias)
     return layer
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight over the last axis,
+    no mean subtracted, no bias; computed in at least float32 (as transformers does), the
+    result in x's dtype. Weight initialised to one."""
+
+    def __init__(self, width: int, eps: float, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        y = x.to(acc)
+        y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(acc)).to(x.dtype)
+
+
+def check_heads(d_model: int, n_heads: int, n_kv_heads: int | None, head_dim: int | None) -> None:
+    """ValueError unless the head counts fit: H divides D (without an explicit head_dim) and
+    the K/V heads G divide H."""
+    if head_dim is None and d_model % n_heads != 0:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+    if n_kv_heads is not None and (n_kv_heads < 1 or n_heads % n_kv_heads):
+        raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
 
 
 def dtype_kind(x: torch.Tensor) -> str:

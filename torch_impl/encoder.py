@@ -19,8 +19,8 @@ from torch.distributed.tensor import DTensor
 
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
-from shared.positional import sinusoidal
-from torch_impl.attention import MultiHeadAttention, dtype_kind, linear
+from shared.positional import rope_inverse_frequencies, sinusoidal
+from torch_impl.attention import MultiHeadAttention, RMSNorm, dtype_kind, linear
 
 __all__ = [
     "Embeddings",
@@ -39,13 +39,20 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x)  # exact erf form (PyTorch's default)
     if name == "gelu_tanh":
         return F.gelu(x, approximate="tanh")
+    if name == "silu":
+        return F.silu(x)  # x * sigmoid(x)
     raise ValueError(f"unknown activation {name!r}")
 
 
 def layer_norm(
     cfg: EncoderConfig, dtype: torch.dtype | None, *, width: int | None = None
-) -> nn.LayerNorm:
-    return nn.LayerNorm(width or cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
+) -> nn.LayerNorm | RMSNorm:
+    """The config's norm: LayerNorm (with a bias unless ``norm_bias=False``) or RMSNorm."""
+    if cfg.norm == "rms_norm":
+        return RMSNorm(width or cfg.d_model, cfg.layer_norm_eps, dtype=dtype)
+    return nn.LayerNorm(
+        width or cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.norm_bias, dtype=dtype
+    )
 
 
 def _embedding(rows: int, cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Embedding:
@@ -160,20 +167,40 @@ class Embeddings(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike; with
+    ``gated_ffn`` a GLU (Shazeer 2020): (act(x W_gate + b_gate) * (x W_1 + b_1)) W_2 + b_2
+    (GeGLU with gelu, SwiGLU with silu). Biases as ``mlp_bias`` / ``mlp_out_bias`` say."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.activation = cfg.activation
-        self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype)
-        self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype)
+        d, f, bias = cfg.d_model, cfg.d_ff, cfg.mlp_bias
+        self.gate_proj = linear(d, f, dtype=dtype, bias=bias) if cfg.gated_ffn else None
+        self.in_proj = linear(d, f, dtype=dtype, bias=bias)
+        self.out_proj = linear(f, d, dtype=dtype, bias=cfg.mlp_out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         # Position-wise: every token is one row. As 2-D matmuls, XLA:CPU's backward pass runs
         # about twice as fast as on (B, T, D) (benchmarks/results/README.md has the figures).
-        h = activation(self.activation, self.in_proj(x.reshape(b * t, d)))  # (B*T, F)
+        x = x.reshape(b * t, d)
+        h = self.in_proj(x)  # (B*T, F)
+        if self.gate_proj is None:
+            h = activation(self.activation, h)
+        else:
+            h = activation(self.activation, self.gate_proj(x)) * h
         return self.out_proj(h).reshape(b, t, d)  # (B, T, D)
+
+
+def attention_options(cfg: EncoderConfig) -> dict:
+    """The config's optional attention parts, as ``MultiHeadAttention``'s arguments."""
+    return {
+        "n_kv_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "bias": cfg.attention_bias,
+        "qk_norm_eps": cfg.layer_norm_eps if cfg.qk_norm else None,
+        "rope_interleaved": cfg.rope_interleaved,
+    }
 
 
 class EncoderLayer(nn.Module):
@@ -183,15 +210,34 @@ class EncoderLayer(nn.Module):
     Pre-norm (``norm_first``): x = x + Dropout(Sublayer(LN(x))).
     Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
+
+    Layer ``index`` reads its own parts of the config: its window (``cfg.layer_window``), its
+    RoPE base (``cfg.layer_rope_theta``; the table ``inv_freq`` is a constant, not a
+    parameter), and, for ModernBERT's layer 0 (``first_attn_norm=False``), no norm1.
     """
 
     def __init__(
-        self, cfg: EncoderConfig, *, backend: str = "math", dtype: torch.dtype | None = None
+        self,
+        cfg: EncoderConfig,
+        *,
+        backend: str = "math",
+        dtype: torch.dtype | None = None,
+        index: int = 0,
     ) -> None:
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.attention = MultiHeadAttention(cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype)
-        self.norm1 = layer_norm(cfg, dtype)
+        self.window = cfg.layer_window(index)
+        self.attention = MultiHeadAttention(
+            cfg.d_model, cfg.n_heads, **attention_options(cfg), backend=backend, dtype=dtype
+        )
+        if cfg.positional == "rope":
+            inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.layer_rope_theta(index))
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            self.register_buffer("inv_freq", torch.from_numpy(inv_freq).to(acc), persistent=False)
+        else:
+            self.inv_freq = None
+        skip = index == 0 and not cfg.first_attn_norm
+        self.norm1 = None if skip else layer_norm(cfg, dtype)
         self.ffn = FeedForward(cfg, dtype=dtype)
         self.norm2 = layer_norm(cfg, dtype)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -203,16 +249,21 @@ class EncoderLayer(nn.Module):
         *,
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        positions: torch.Tensor | None = None,
         return_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``.
 
         ``mask`` (general), ``key_padding_mask`` (B, T) and ``is_causal`` go to the attention
-        as they are (``MultiHeadAttention`` documents them).
+        as they are (``MultiHeadAttention`` documents them), with the layer's window;
+        ``positions`` (B|1, T) rotate q and k when the config has RoPE.
         """
         masks = {"mask": mask, "key_padding_mask": key_padding_mask, "is_causal": is_causal}
+        masks["window"] = self.window
+        masks["rope"] = None if self.inv_freq is None else (positions, self.inv_freq)
         if self.norm_first:
-            a, weights = self._attend(self.norm1(x), masks, return_attention)
+            y = x if self.norm1 is None else self.norm1(x)
+            a, weights = self._attend(y, masks, return_attention)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
@@ -235,7 +286,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            [EncoderLayer(cfg, backend=backend, dtype=dtype) for _ in range(cfg.n_layers)]
+            [EncoderLayer(cfg, backend=backend, dtype=dtype, index=i) for i in range(cfg.n_layers)]
         )
         self.final_norm = layer_norm(cfg, dtype) if cfg.final_norm else None
 
@@ -246,10 +297,12 @@ class Encoder(nn.Module):
         *,
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        positions: torch.Tensor | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
-        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``.
+        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``; ``positions``
+        (B|1, T) are the RoPE positions (with ``positional="rope"``).
 
         ``hidden_states`` holds N + 1 tensors: the input, then each layer's output (before
         the final norm); ``attentions`` holds each layer's (B, H, T, T) weights.
@@ -262,6 +315,7 @@ class Encoder(nn.Module):
                 mask,
                 key_padding_mask=key_padding_mask,
                 is_causal=is_causal,
+                positions=positions,
                 return_attention=return_attention,
             )
             if return_attention:
