@@ -191,3 +191,13 @@ def test_grouped_kv_heads_equal_full_heads_with_copied_kv_weights():
     expected, expected_weights = reference.multi_head_attention(full, x, None, h, None)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-12, atol=1e-12)
+
+
+def test_the_modernbert_base_preset_is_what_transformers_builds_from_its_defaults():
+    """transformers' ModernBertConfig defaults are ModernBERT-base: read through the family."""
+    transformers = pytest.importorskip("transformers")
+    from shared.config import MODERNBERT_BASE
+    from shared.hf import modernbert
+
+    data = transformers.ModernBertConfig().to_dict()
+    assert modernbert.FAMILY.config(data) == MODERNBERT_BASE

@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "ACTIVATIONS",
     "LAYER_TYPES",
+    "MODERNBERT_BASE",
     "NORMS",
     "POSITIONAL_KINDS",
     "SECTIONS",
@@ -351,3 +352,33 @@ def _check_int(name: str, value: Any, *, minimum: int) -> None:
 def _check_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}={value!r} must be a number")
+
+
+# ModernBERT-base's shape (answerdotai/ModernBERT-base, Warner et al. 2024): 22 layers,
+# d_model 768, 12 heads, GeGLU of width 1152, global attention every third layer from
+# layer 0 and a +-64 window (local_attention 128) in the others, RoPE bases 160000 (global)
+# and 10000 (local), LayerNorms and linears without bias, no dropout.
+MODERNBERT_BASE = EncoderConfig(
+    vocab_size=50368,
+    d_model=768,
+    n_heads=12,
+    d_ff=1152,
+    n_layers=22,
+    max_len=8192,
+    dropout=0.0,
+    activation="gelu",
+    norm_first=True,
+    positional="rope",
+    embed_norm=True,
+    final_norm=True,
+    attention_bias=False,
+    sliding_window=64,
+    layer_types=tuple("full_attention" if i % 3 == 0 else "sliding_attention" for i in range(22)),
+    rope_theta=160000.0,
+    rope_local_theta=10000.0,
+    gated_ffn=True,
+    mlp_bias=False,
+    mlp_out_bias=False,
+    norm_bias=False,
+    first_attn_norm=False,
+)
