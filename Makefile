@@ -10,7 +10,7 @@ TORCH_SPEC    ?= torch==$(TORCH_VERSION)+cpu
 TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 STAMP  := $(VENV)/.installed
 
-.PHONY: test bench bench-standard notebooks lint format clean
+.PHONY: test bench bench-standard bench-mesh notebooks lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(STAMP)
 # The committed CPU results: benchmarks/results/cpu-standard (about 20 minutes on 2 cores).
 bench-standard: $(STAMP)
 	$(PY) -m benchmarks --suite standard --device cpu --out benchmarks/results/cpu-standard
+
+# The train step on device meshes beside one device (on a CPU the devices share its cores:
+# overhead, not speedup).
+bench-mesh: $(STAMP)
+	$(PY) -m benchmarks --suite mesh --mesh data=2 --mesh model=2 --mesh data=2,fsdp --out bench-out/mesh
 
 # The tour: execute notebooks/*.ipynb from scratch in a fresh kernel each and write the outputs
 # back (the committed outputs are what this produces; about a minute on 2 cores).

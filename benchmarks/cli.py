@@ -1,8 +1,10 @@
 """``python -m benchmarks``: the command line.
 
-Exit status: 0 when every row ran; 1 when a row failed or no framework could be imported
-(results are written all the same); 2 for a usage error, including a device that is not
-present; 130 when interrupted (what was measured so far is written).
+Arguments are checked before torch or JAX is imported (``--help`` imports neither): a usage
+error costs no set-up and prints one line. Exit status: 0 when every row ran; 1 when a row
+failed or no framework could be imported (results are written all the same); 2 for a usage
+error, including a device that is not present; 130 when interrupted (what was measured so
+far is written).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import shutil
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import environment, mesh
+from benchmarks import environment
+from benchmarks import mesh as meshes
 from benchmarks.mesh import parse_mesh
 from benchmarks.suites import (
     DEVICES,
@@ -26,12 +30,13 @@ from benchmarks.suites import (
     MODES,
     PRESETS,
     SUITES,
-    VARIANTS,
+    Case,
     Selection,
     expand,
     load_config,
     max_len_for,
 )
+from benchmarks.variants import REGISTRY, VARIANTS
 from shared.flops import PHASES
 
 __all__ = ["build_parser", "main"]
@@ -95,18 +100,27 @@ suites:
 config presets (--config): {presets}
   or the path of a JSON file of EncoderConfig fields (dropout should be 0).
 
+variants (--variants):
+{variants}
+
 Every torch/jax pair (same variant, dtype and shape) is first run on the same weights and
-inputs, and each row records the max abs difference of the two outputs. Rows: variant
-ours-math (attention written out), ours-fused (torch SDPA / jax.nn.dot_product_attention),
-ours-flash (FlashAttention-2 written out: torch_impl/flash.py, jax_impl/flash.py),
-native (our embeddings + nn.TransformerEncoder, or + a stack of nnx.MultiHeadAttention);
-mode eager or compiled (torch.compile per shape / jax.jit of the pure function from
-nnx.split); phase forward, forward_backward, train_step (AdamW).
+inputs, and each row records the max abs difference of the two outputs. Mode eager or
+compiled (torch.compile per shape / jax.jit of the pure function from nnx.split); phase
+forward, forward_backward, train_step (AdamW). Under torch.compile, Inductor replaces the
+math variant's written-out attention with SDPA: compiled math rows name that kernel.
 
 Writes OUT/results.json (environment + rows), OUT/results.csv (rows) and OUT/*.png.
-Progress goes to stderr, the table to stdout. Exit status: 0 ok, 1 a row failed,
-2 usage error (an unknown or absent device included), 130 interrupted.
+Progress (with an estimate of the time left) goes to stderr; the table and a verdict per
+phase to stdout. Exit status: 0 ok, 1 a row failed, 2 usage error (an unknown or absent
+device included), 130 interrupted.
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,13 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {s.name:9} {s.description} (config {s.config}; {len(s.dtypes)} dtype(s))"
         for s in SUITES.values()
     )
-    parser = argparse.ArgumentParser(
+    variants = "\n".join(f"  {v.name:11} {v.description}" for v in REGISTRY.values())
+    parser = _Parser(
         prog="python -m benchmarks",
         description=(
             "Time the same, parity-checked Transformer encoder in PyTorch and JAX/Flax NNX "
             "on CPU, GPU or TPU, and write a table, JSON, CSV and plots."
         ),
-        epilog=_EPILOG.format(suites=suites, presets=", ".join(PRESETS)),
+        epilog=_EPILOG.format(suites=suites, presets=", ".join(PRESETS), variants=variants),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -134,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         choices=tuple(SUITES),
         default="quick",
-        help="what to run (default quick: about 3 minutes on a 2-core CPU); see below",
+        help="what to run (default quick: 28 rows on a CPU, 5-6 minutes on 2 busy cores); "
+        "see below",
     )
     parser.add_argument(
         "--config",
@@ -229,12 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mesh",
         type=parse_mesh,
         action="append",
-        metavar="data=N,model=M[,fsdp]",
-        help="time the sharded train step on this mesh (repeatable), next to one device; "
-        "on CPU, JAX gets N*M host devices and PyTorch N*M gloo processes (they share the "
-        "cores: the rows show overhead, not speedup); on GPU, the GPUs present. Uses "
-        "--config, --frameworks, --batch (default 8), the first of --seq-lens (default "
-        "128), --warmup (default 2), --repeats (default 5), --out",
+        default=[],
+        metavar=",".join(f"{a}=N" for a in meshes.MESH_AXES) + "[,fsdp]",
+        help="also run every train-step row of the selection on this device mesh "
+        "(repeatable); everything else (config, shapes, repeats) stays the suite's. "
+        "`--suite mesh` is a one-shape train step made for it. On a CPU, JAX gets N*M host "
+        "devices and PyTorch N*M gloo processes sharing the cores (overhead, not speedup); "
+        "on GPUs, the GPUs present",
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument(
@@ -246,23 +263,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command line that cannot run (exit status 2, one line)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m benchmarks`` with ``argv`` (default ``sys.argv[1:]``); returns the
+    exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     suite = SUITES[args.suite]
     try:
         config_name, cfg = load_config(args.config or suite.config)
-    except ValueError as e:
+        selection = _selection(args, device=args.device, frameworks=args.frameworks)
+        if args.device != "auto":
+            _check(args, suite, cfg, selection)
+    except (UsageError, ValueError) as e:
         parser.error(str(e))
-
-    if args.mesh:
-        return _run_mesh(args, config_name, cfg)
     cache_dir = Path(tempfile.mkdtemp(prefix="twin-encoder-bench-"))
     try:
         return _run(args, argv, suite, config_name, cfg, cache_dir, parser)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _selection(args, *, device: str, frameworks: tuple[str, ...]) -> Selection:
+    return Selection(
+        frameworks=frameworks,
+        device="cpu" if device == "auto" else device,
+        dtypes=args.dtype,
+        variants=args.variants,
+        modes=args.modes,
+        phases=args.phases,
+        batch=args.batch,
+        seq_lens=args.seq_lens,
+        meshes=tuple(dict.fromkeys(m for m in args.mesh if m.devices > 1)),
+    )
+
+
+def _check(args, suite, cfg, selection: Selection) -> list[Case]:
+    """The cases of the run; ``UsageError`` for a combination that cannot run."""
+    if args.tf32 and selection.device != "gpu":
+        raise UsageError(f"--tf32 applies to GPUs only; this run is on {selection.device}")
+    cases = expand(suite, selection)
+    if args.mesh and not selection.meshes:
+        raise UsageError("--mesh: every mesh given is one device; give an axis of size > 1")
+    if selection.meshes and not any(c.mesh.devices > 1 for c in cases):
+        raise UsageError(
+            "--mesh runs train-step rows on the mesh, and this selection has none: add "
+            "--phases train_step, or use --suite mesh"
+        )
+    for case in cases:
+        if case.mesh.devices > 1:
+            try:
+                meshes.check(case.mesh, cfg, case.batch)
+            except ValueError as e:
+                raise UsageError(f"--mesh {case.mesh.name}: {e}") from None
+    return cases
 
 
 def _log(line: str) -> None:
@@ -278,11 +336,7 @@ def _run(args, argv, suite, config_name, cfg, cache_dir: Path, parser) -> int:
     try:
         device = environment.resolve_device(args.device, available)
     except environment.DeviceUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.tf32 and device != "gpu":
-        print(f"error: --tf32 applies to GPUs only; this run is on {device}", file=sys.stderr)
-        return 2
+        parser.error(str(e))
     frameworks = tuple(fw for fw in args.frameworks if fw in available.get(device, ()))
     for fw in args.frameworks:
         if fw in modules and fw not in frameworks:
@@ -291,18 +345,11 @@ def _run(args, argv, suite, config_name, cfg, cache_dir: Path, parser) -> int:
     if not frameworks:
         print("error: no framework can run here; install torch or jax", file=sys.stderr)
         return 1
-
-    selection = Selection(
-        frameworks=frameworks,
-        device=device,
-        dtypes=args.dtype,
-        variants=args.variants,
-        modes=args.modes,
-        phases=args.phases,
-        batch=args.batch,
-        seq_lens=args.seq_lens,
-    )
-    cases = expand(suite, selection)
+    selection = _selection(args, device=device, frameworks=frameworks)
+    try:
+        cases = _check(args, suite, cfg, selection)
+    except UsageError as e:
+        parser.error(str(e))
     cfg = max_len_for(cfg, cases)
     if args.dry_run:
         for case in cases:
@@ -324,6 +371,7 @@ def _run(args, argv, suite, config_name, cfg, cache_dir: Path, parser) -> int:
         f"matmuls in {precision['float32_matmuls']}, torch threads {threads}"
     )
 
+    from benchmarks.progress import RunProgress
     from benchmarks.runner import RunSettings, run_cases
 
     settings = RunSettings(
@@ -335,46 +383,24 @@ def _run(args, argv, suite, config_name, cfg, cache_dir: Path, parser) -> int:
         seed=args.seed,
         tf32=args.tf32,
         threads=threads,
+        warm_compile=suite.warm_compile,
+        cache_dir=str(cache_dir),
     )
     started = time.perf_counter()
-    result = run_cases(
-        cases, cfg=cfg, runners=runners, settings=settings, device_names=names, log=_log
-    )
+    with RunProgress(cfg, calls=settings.warmup + settings.repeats + 2) as progress:
+        result = run_cases(
+            cases,
+            cfg=cfg,
+            runners=runners,
+            settings=settings,
+            device_names=names,
+            progress=progress,
+        )
     wall_s = time.perf_counter() - started
     _write_results(args, suite, cfg, selection, settings, env, result, wall_s)
     if result.interrupted:
         return 130
     return 1 if result.failures else 0
-
-
-def _run_mesh(args, config_name: str, cfg) -> int:
-    """``--mesh``: the sharded train step per mesh (benchmarks/mesh.py)."""
-    modules, skipped = environment.import_frameworks(args.frameworks)
-    for framework, reason in skipped.items():
-        _log(f"skipping {framework}: {reason}")
-    try:
-        device = environment.resolve_device(args.device, environment.available_devices(modules))
-    except environment.DeviceUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    seq_len = args.seq_lens[0] if args.seq_lens else 128
-    try:
-        return mesh.run(
-            args.mesh,
-            cfg=cfg.replace(max_len=max(cfg.max_len, seq_len)),
-            config_name=config_name,
-            frameworks=tuple(fw for fw in args.frameworks if fw in modules),
-            device=device,
-            batch=args.batch or 8,
-            seq_len=seq_len,
-            warmup=2 if args.warmup is None else args.warmup,
-            repeats=args.repeats or 5,
-            out=args.out,
-            plots=not args.no_plots,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def _make_runners(frameworks: Sequence[str], device: str, threads: int) -> dict[str, Any]:
@@ -401,11 +427,15 @@ def _write_results(args, suite, cfg, selection, settings, env, result, wall_s: f
             "suite": suite.name,
             "config_name": settings.config_name,
             "config": cfg.to_dict(),
-            "selection": dataclasses.asdict(selection),
+            "selection": {
+                **dataclasses.asdict(selection),
+                "meshes": [m.name for m in selection.meshes],
+            },
             "warmup": settings.warmup,
             "repeats": settings.repeats,
             "min_repeats": settings.min_repeats,
             "time_budget_s": settings.budget_s,
+            "warm_compile": settings.warm_compile,
             "seed": settings.seed,
             "wall_s": round(wall_s, 1),
             "compiler_warmup_s": result.compiler_warmup_s,
@@ -430,6 +460,18 @@ def _write_results(args, suite, cfg, selection, settings, env, result, wall_s: f
     print(report.format_table(result.rows))
     print()
     print(report.LEGEND)
+    print("\nattention kernels that ran:")
+    for line in report.kernel_lines(result.rows):
+        print("  " + line)
+    print("\nverdict: each framework's fastest row per phase and shape, and the ratio of the two")
+    for line in report.format_verdict(result.rows):
+        print("  " + line)
+    if any(r.devices > 1 and r.device == "cpu" for r in result.rows):
+        print(
+            "\nmesh rows on a CPU: host devices and gloo processes share the same cores: they "
+            "show the overhead of the sharded program, not a speedup"
+        )
     if result.failures:
         print(f"\n{len(result.failures)} row(s) failed; see 'failures' in results.json")
-    print(f"\n{len(result.rows)} rows in {wall_s:.0f} s; wrote " + ", ".join(map(str, written)))
+    names = ", ".join(p.name for p in written)
+    print(f"\n{len(result.rows)} rows in {wall_s:.0f} s; wrote to {out}/: {names}")

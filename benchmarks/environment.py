@@ -217,6 +217,27 @@ def device_names(modules: dict[str, Any], device: str) -> dict[str, str]:
     return names
 
 
+def framework_reports(modules: dict[str, Any]) -> dict[str, str]:
+    """Each framework's own environment report: ``torch.utils.collect_env`` (versions, CUDA,
+    cuDNN, CPU, the relevant pip packages) and ``jax.print_environment_info`` (versions,
+    devices, ``nvidia-smi`` where present). A report that fails says why instead."""
+    reports: dict[str, str] = {}
+    if modules.get("torch") is not None:
+        try:
+            from torch.utils import collect_env
+
+            reports["torch"] = collect_env.get_pretty_env_info()
+        except Exception as e:  # it shells out (pip, nvidia-smi): anything may go wrong
+            reports["torch"] = f"torch.utils.collect_env failed: {type(e).__name__}: {e}"
+    jax = modules.get("jax")
+    if jax is not None:
+        try:
+            reports["jax"] = jax.print_environment_info(return_string=True)
+        except Exception as e:
+            reports["jax"] = f"jax.print_environment_info failed: {type(e).__name__}: {e}"
+    return reports
+
+
 def capture(
     modules: dict[str, Any],
     *,
@@ -292,4 +313,5 @@ def capture(
         ),
         "env": {k: os.environ[k] for k in env_keys if k in os.environ},
         "skipped_frameworks": skipped,
+        "framework_reports": framework_reports(modules),
     }

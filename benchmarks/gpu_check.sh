@@ -26,7 +26,7 @@ done
 # name | time limit (s) | command
 STEPS=(
     "versions|30|$PY -m benchmarks.versions"
-    "parity-gpu|180|$PY -m pytest parity_tests/test_parity.py parity_tests/test_flash.py --device gpu -q -x -p no:cacheprovider -k 'fused or flash or bfloat16 or float32'"
+    "parity-gpu|180|$PY -m pytest parity_tests/test_parity.py parity_tests/test_flash.py parity_tests/test_masked_keys.py --device gpu -q -x -p no:cacheprovider -k 'fused or flash or bfloat16 or float32'"
     "bert-base-bf16-sweep|150|$PY -m benchmarks --device gpu --suite standard --dtype bfloat16 --variants ours-math,ours-fused,ours-flash --phases forward,train_step --modes compiled --seq-lens 512,2048 --repeats 5 --no-plots --out $OUT/bert-base-bf16"
     "bert-large-bf16-train-step|90|$PY -m benchmarks --device gpu --suite standard --config bert-large --dtype bfloat16 --variants ours-fused --phases train_step --modes compiled --batch 32 --seq-lens 512 --repeats 5 --no-plots --out $OUT/bert-large-bf16"
 )

@@ -4,7 +4,8 @@ Framework-neutral: the framework runners (``run_torch``, ``run_jax``) hand over 
 :class:`Workload` (one call of the thing to time, and how to wait for it to finish), and
 this module times it the same way for both:
 
-1. the runner compiles (compiled modes) and reports cold and warm compile time;
+1. the runner compiles (compiled modes) and reports the cold compile time, and the warm one
+   (compiled again from filled caches) where the suite asks for it;
 2. ``warmup`` untimed calls, the first of them profiled to name the attention kernel;
 3. one untimed call during which memory is measured (a sampling thread or a profiler would
    perturb a timed call);
@@ -13,6 +14,10 @@ this module times it the same way for both:
    asynchronous dispatch would time only the launch -- ``repeats`` of them, or fewer (never
    fewer than ``min_repeats``) when one call is so slow that they would exceed ``budget_s``;
 5. the median of the timed calls, and their interquartile range as the spread.
+
+The same :func:`measure` runs one device in the parent process and every device of a mesh in
+the child processes of ``benchmarks.mesh``. :func:`time_interleaved` is the timer of the
+studies (``studies/``), which compare candidates in alternating rounds.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ __all__ = [
     "Measurement",
     "PeakRss",
     "Stats",
+    "Timings",
     "Workload",
     "measure",
     "repeats_within_budget",
     "summarize",
     "time_calls",
+    "time_interleaved",
 ]
 
 
@@ -92,6 +99,48 @@ def time_calls(step: Callable[[], Any], sync: Callable[[Any], None], n: int) -> 
         times.append(time.perf_counter() - t0)
         del out
     return times
+
+
+@dataclasses.dataclass
+class Timings:
+    """Seconds per call of one candidate: wall-clock time and this process's CPU time
+    (``time.process_time``: what the call cost the cores, which other processes on a shared
+    machine inflate far less than wall time)."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, call: Callable[[], Any]) -> None:
+        """Time one call of ``call`` (which must wait for its own result)."""
+        c0, t0 = time.process_time(), time.perf_counter()
+        call()
+        self.wall.append(time.perf_counter() - t0)
+        self.cpu.append(time.process_time() - c0)
+
+    @property
+    def wall_stats(self) -> Stats:
+        return summarize(self.wall)
+
+    @property
+    def cpu_stats(self) -> Stats:
+        return summarize(self.cpu)
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timings]:
+    """Each call once untimed (it compiles), then ``repeats`` rounds of every call in turn.
+
+    For comparing candidates on a shared machine: a disturbance hits every candidate of a
+    round alike instead of one candidate's whole series. Each call must wait for its result.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for call in calls.values():
+        call()
+    timings = {name: Timings() for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            timings[name].add(call)
+    return timings
 
 
 @dataclasses.dataclass

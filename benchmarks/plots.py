@@ -10,74 +10,82 @@
 * ``throughput_vs_batch.png``: tokens per second against batch size, when a run has batch
   sweeps.
 
-Lines: colour = framework and variant, solid = compiled, dashed = eager.
+* ``mesh.png``: tokens per second per device on each mesh, when a run has mesh rows.
+
+Lines: one colour per attention backend (or peer), one marker per framework, solid =
+compiled, dashed = eager; one panel per phase (and dtype). The legend sits below the panels,
+where it hides no line: colours, markers and line styles listed apart.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.backends import BACKENDS
+from benchmarks.schema import Row
+from benchmarks.variants import REGISTRY
 
 __all__ = ["plot_all"]
 
-Row = dict[str, Any]
-
-# One hue per framework (blues for torch, oranges for jax), light to dark: each backend of
-# shared/backends.py in its order, then native, darkest.
-_PALETTES = {
-    "torch": ("#9ecae1", "#3182bd", "#2171b5", "#6baed6", "#4292c6"),
-    "jax": ("#fdae6b", "#e6550d", "#d94801", "#fd8d3c", "#f16913"),
-}
-_NATIVE_COLOURS = {"torch": "#08306b", "jax": "#7f2704"}
-if len(BACKENDS) > min(len(p) for p in _PALETTES.values()):
-    raise ValueError(f"plots: {len(BACKENDS)} backends, but palettes of {len(_PALETTES['jax'])}")
-_COLOURS = {
-    **{
-        (fw, "ours", b): palette[i]
-        for fw, palette in _PALETTES.items()
-        for i, b in enumerate(BACKENDS)
-    },
-    **{(fw, "native", "native"): colour for fw, colour in _NATIVE_COLOURS.items()},
-}
+# one colour per backend or peer (colour-blind-safe Okabe-Ito hues), in registry order
+_HUES = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+_BACKENDS = tuple(dict.fromkeys(v.backend for v in REGISTRY.values()))
+_COLOURS = {b: _HUES[i % len(_HUES)] for i, b in enumerate(_BACKENDS)}
 _STYLES = {"compiled": "-", "eager": "--"}
 _MARKERS = {"torch": "o", "jax": "s"}
+# bars of a framework: greys (colour means a backend elsewhere), jax hatched
+_FRAMEWORK_BARS = {
+    "torch": {"color": "#4d4d4d"},
+    "jax": {"color": "#bdbdbd", "hatch": "//", "edgecolor": "#4d4d4d"},
+}
 
 
-def _series_key(row: Row) -> tuple[str, str, str, str]:
-    return (row["framework"], row["implementation"], row["backend"], row["mode"])
+def _series_key(row: Row) -> tuple[str, str, str]:
+    return (row.framework, row.backend, row.mode)
 
 
-def _series_label(key: tuple[str, str, str, str]) -> str:
-    framework, implementation, backend, mode = key
-    variant = "native" if implementation == "native" else f"ours {backend}"
-    return f"{framework} {variant}, {mode}"
+def _legend(fig: Any, plt: Any, rows: Sequence[Row]) -> None:
+    """Colours (backends), markers (frameworks) and line styles (modes) present, in one row
+    of legend entries below the panels."""
+    from matplotlib.lines import Line2D
+
+    backends = [b for b in _BACKENDS if any(r.backend == b for r in rows)]
+    frameworks = [f for f in _MARKERS if any(r.framework == f for r in rows)]
+    modes = [m for m in _STYLES if any(r.mode == m for r in rows)]
+    handles = [Line2D([], [], color=_COLOURS[b], linewidth=3) for b in backends]
+    labels = list(backends)
+    handles += [Line2D([], [], color="grey", marker=_MARKERS[f], linestyle="") for f in frameworks]
+    labels += frameworks
+    handles += [Line2D([], [], color="grey", linestyle=_STYLES[m]) for m in modes]
+    labels += modes
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
 
 
 def _sweep_rows(rows: Sequence[Row]) -> list[Row]:
     """The rows of the sequence-length sweep: at each length, the most common batch size
     (batch sweeps add other batch sizes at one length; they have their own plot)."""
+    rows = [r for r in rows if r.devices == 1]
     by_len: dict[int, Counter] = defaultdict(Counter)
     for r in rows:
-        by_len[r["seq_len"]][r["batch"]] += 1
+        by_len[r.seq_len][r.batch] += 1
     batch_at = {t: max(c, key=lambda b: (c[b], b)) for t, c in by_len.items()}
-    return [r for r in rows if r["batch"] == batch_at[r["seq_len"]]]
+    return [r for r in rows if r.batch == batch_at[r.seq_len]]
 
 
 def _panels(rows: Sequence[Row]) -> list[tuple[str, str]]:
     """(phase, dtype) pairs present, in a stable order."""
     order = {"forward": 0, "forward_backward": 1, "train_step": 2}
-    keys = {(r["phase"], r["dtype"]) for r in rows}
+    keys = {(r.phase, r.dtype) for r in rows}
     return sorted(keys, key=lambda k: (order.get(k[0], 9), k[1]))
 
 
 def _title(rows: Sequence[Row], what: str) -> str:
     r = rows[0]
-    device = r.get("device_name") or r["device"]
-    return f"{what}: {r['config']} on {r['device']} ({device}), matmuls in {r['precision']}"
+    device = r.device_name or r.device
+    return f"{what}: {r.config} on {r.device} ({device}), matmuls in {r.precision}"
 
 
 def _line_figure(
@@ -97,22 +105,22 @@ def _line_figure(
     if not rows:
         return False
     panels = _panels(rows)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels) + 2.6, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.4), squeeze=False)
     for ax, (phase, dtype) in zip(axes[0], panels, strict=True):
         series: dict[tuple, list[Row]] = defaultdict(list)
         for r in rows:
-            if (r["phase"], r["dtype"]) == (phase, dtype):
+            if (r.phase, r.dtype) == (phase, dtype):
                 series[_series_key(r)].append(r)
         for key, points in sorted(series.items()):
             points.sort(key=lambda r: r[x])
-            framework, implementation, backend, mode = key
+            framework, backend, mode = key
             ax.plot(
                 [r[x] for r in points],
                 [y(r) for r in points],
                 _STYLES.get(mode, ":"),
                 marker=_MARKERS.get(framework, "x"),
-                color=_COLOURS.get((framework, implementation, backend), "grey"),
-                label=_series_label(key),
+                color=_COLOURS.get(backend, "grey"),
+                alpha=0.85,
             )
         xs = sorted({r[x] for r in rows})
         ax.set_xscale("log", base=2)
@@ -127,13 +135,9 @@ def _line_figure(
         ax.set_ylabel(ylabel)
         ax.set_title(f"{phase}, {dtype}")
         ax.grid(True, which="both", alpha=0.3)
-    legend: dict[str, Any] = {}  # label -> handle, across panels
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize="small")
+    _legend(fig, plt, rows)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -143,7 +147,7 @@ def _tick(rows: Sequence[Row], x: str, value: int) -> str:
     """A sequence length's tick names its batch size too, where that is one number."""
     if x != "seq_len":
         return str(value)
-    batches = {r["batch"] for r in rows if r["seq_len"] == value}
+    batches = {r.batch for r in rows if r.seq_len == value}
     return f"{value}\nB={batches.pop()}" if len(batches) == 1 else str(value)
 
 
@@ -153,14 +157,14 @@ def _throughput_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
     rows = _sweep_rows(rows)
     if not rows:
         return False
-    t = min(r["seq_len"] for r in rows)
-    rows = [r for r in rows if r["seq_len"] == t]
+    t = min(r.seq_len for r in rows)
+    rows = [r for r in rows if r.seq_len == t]
     panels = _panels(rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False)
     for ax, (phase, dtype) in zip(axes[0], panels, strict=True):
-        here = [r for r in rows if (r["phase"], r["dtype"]) == (phase, dtype)]
-        groups = sorted({(r["implementation"], r["backend"], r["mode"]) for r in here})
-        frameworks = sorted({r["framework"] for r in here}, key=["torch", "jax"].index)
+        here = [r for r in rows if (r.phase, r.dtype) == (phase, dtype)]
+        groups = sorted({(r.implementation, r.backend, r.mode) for r in here})
+        frameworks = sorted({r.framework for r in here}, key=["torch", "jax"].index)
         width = 0.8 / max(1, len(frameworks))
         for j, fw in enumerate(frameworks):
             values = []
@@ -168,23 +172,24 @@ def _throughput_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
                 match = [
                     r
                     for r in here
-                    if (r["implementation"], r["backend"], r["mode"]) == g and r["framework"] == fw
+                    if (r.implementation, r.backend, r.mode) == g and r.framework == fw
                 ]
-                values.append(match[0]["tokens_per_s"] if match else 0.0)
+                values.append(match[0].tokens_per_s if match else 0.0)
             xs = [i + (j - (len(frameworks) - 1) / 2) * width for i in range(len(groups))]
-            ax.bar(xs, values, width, label=fw, color="#3182bd" if fw == "torch" else "#e6550d")
+            ax.bar(xs, values, width, label=fw, **_FRAMEWORK_BARS.get(fw, {}))
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(
             [("native" if i == "native" else f"ours {b}") + f"\n{m}" for i, b, m in groups],
             fontsize="small",
         )
-        batch = here[0]["batch"]
+        batch = here[0].batch
         ax.set_ylabel("tokens per second (higher is better)")
         ax.set_title(f"{phase}, {dtype}, B={batch}, T={t}")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle(_title(rows, "Throughput"))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -207,7 +212,7 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
 
     def per_sequence(field: str, scale: float) -> Callable[[Row], float | None]:
         def f(r: Row) -> float | None:
-            return None if r[field] is None else r[field] / r["batch"] * scale
+            return None if r[field] is None else r[field] / r.batch * scale
 
         return f
 
@@ -231,7 +236,7 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
         (
             "utilization.png",
             dict(
-                y=lambda r: None if r["utilization"] is None else 100 * r["utilization"],
+                y=lambda r: None if r.utilization is None else 100 * r.utilization,
                 ylabel="% of the matmul peak measured in this run",
                 title=_title(sweep, "Utilisation"),
                 logy=False,
@@ -242,7 +247,7 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
             "utilization_datasheet.png",
             dict(
                 y=lambda r: (
-                    None if r["utilization_datasheet"] is None else 100 * r["utilization_datasheet"]
+                    None if r.utilization_datasheet is None else 100 * r.utilization_datasheet
                 ),
                 ylabel="% of the datasheet peak",
                 title=_title(sweep, "Utilisation (datasheet)"),
@@ -255,11 +260,13 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
             written.append(out / name)
     if _throughput_bars(plt, rows, out / "throughput.png"):
         written.append(out / "throughput.png")
+    if _mesh_bars(plt, rows, out / "mesh.png"):
+        written.append(out / "mesh.png")
     batch_rows = _batch_sweep_rows(rows)
     if batch_rows and _line_figure(
         plt,
         batch_rows,
-        y=lambda r: r["tokens_per_s"],
+        y=lambda r: r.tokens_per_s,
         ylabel="tokens per second",
         title=_title(batch_rows, "Throughput against batch size"),
         path=out / "throughput_vs_batch.png",
@@ -272,8 +279,74 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
 
 def _batch_sweep_rows(rows: Sequence[Row]) -> list[Row]:
     """Rows at the sequence length that has more than two batch sizes, if any."""
+    rows = [r for r in rows if r.devices == 1]
     batches: dict[int, set[int]] = defaultdict(set)
     for r in rows:
-        batches[r["seq_len"]].add(r["batch"])
+        batches[r.seq_len].add(r.batch)
     lengths = [t for t, bs in batches.items() if len(bs) > 2]
-    return [r for r in rows if r["seq_len"] in lengths[:1]]
+    return [r for r in rows if r.seq_len in lengths[:1]]
+
+
+def _mesh_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
+    """Tokens per second per device of the train step on each mesh, beside one device, per
+    framework and mode (one panel per shape)."""
+    meshed = {(r.batch, r.seq_len, r.dtype) for r in rows if r.devices > 1}
+    rows = [r for r in rows if r.phase == "train_step" and (r.batch, r.seq_len, r.dtype) in meshed]
+    if not rows:
+        return False
+    shapes = sorted(meshed)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(7.0 * len(shapes), 5.0), squeeze=False)
+    for ax, (batch, seq_len, dtype) in zip(axes[0], shapes, strict=True):
+        here = [r for r in rows if (r.batch, r.seq_len, r.dtype) == (batch, seq_len, dtype)]
+        meshes = sorted({r.mesh for r in here}, key=lambda m: (m != "", m))
+        series = sorted({(r.framework, r.backend, r.mode) for r in here})
+        width = 0.8 / max(1, len(series))
+        for j, (fw, backend, mode) in enumerate(series):
+            values = []
+            for m in meshes:
+                match = [
+                    r
+                    for r in here
+                    if (r.framework, r.backend, r.mode, r.mesh) == (fw, backend, mode, m)
+                ]
+                values.append(match[0].tokens_per_s / match[0].devices if match else 0.0)
+            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(meshes))]
+            ax.bar(
+                xs,
+                values,
+                width,
+                color=_COLOURS.get(backend, "grey"),
+                hatch="" if fw == "torch" else "//",
+                linestyle=_STYLES.get(mode, ":"),
+                edgecolor="black",
+                label=f"{fw} {backend} {mode}",
+            )
+        ax.set_xticks(range(len(meshes)))
+        ax.set_xticklabels([m or "one device" for m in meshes])
+        ax.set_ylabel("tokens per second per device")
+        ax.set_title(f"train step, {dtype}, B={batch}, T={seq_len}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    note = " (CPU: host devices share the cores)" if rows[0].device == "cpu" else ""
+    fig.suptitle(_title(rows, "Train step on device meshes") + note)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.plots RESULTS.json [OUT]``: draw a results file's plots again
+    (into the file's folder by default)."""
+    from benchmarks.report import read_rows
+
+    parser = argparse.ArgumentParser(description="Draw the plots of a results.json.")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    args = parser.parse_args(argv)
+    for path in plot_all(read_rows(args.results), args.out or args.results.parent):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

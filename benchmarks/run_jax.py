@@ -18,12 +18,19 @@ Phases, as in ``run_torch`` (loss ``mean(h**2)`` over float32 hidden states):
 
 Compiled: ``jax.jit(f).lower(*args).compile()``, timed (tracing and lowering included).
 Eager: the same Python function called without ``jax.jit``; JAX then runs it op by op.
+
+On a mesh (``case.mesh``, in a child process that sees the mesh's devices, started by
+``benchmarks.mesh``): the model goes to ``jax_impl.parallel.parallelize`` and the batch to
+``parallel.place_batch``; the same functions then run sharded.
+
+Peak memory, one definition: the working memory of one call on one device. Compiled on an
+accelerator or on a mesh, XLA's buffer assignment (:func:`planned_working_bytes`); on one
+CPU device, the process's resident memory sampled during one call.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,26 +41,20 @@ import numpy as np
 from flax import nnx
 
 import jax_impl
+import jax_impl.native
 import jax_impl.train
 from benchmarks.harness import PeakRss, Workload, time_calls
 from benchmarks.peaks import MeasuredPeak, peak_matmul_size
-from benchmarks.suites import Case, variant_parts
+from benchmarks.suites import Case
+from benchmarks.variants import Variant, variant
 from shared.config import EncoderConfig
 from shared.training import TrainConfig
 
-__all__ = ["JaxRunner", "NativeModel", "build_model"]
+__all__ = ["BUILDERS", "JaxRunner", "NativeModel", "build_model", "planned_working_bytes"]
 
 JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # every parameter trained (the key bias too), AdamW as in the training examples
 TRAIN = TrainConfig(learning_rate=1e-4, weight_decay=0.01, freeze_key_bias=False)
-
-
-def _native_module() -> Any | None:
-    """``jax_impl.native``, or None while it does not exist."""
-    try:
-        return importlib.import_module("jax_impl.native")
-    except ImportError:
-        return None
 
 
 class NativeModel(nnx.Module):
@@ -65,25 +66,47 @@ class NativeModel(nnx.Module):
         self.stack = stack
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:
-        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+        x, _ = self.embeddings(input_ids)  # (B, T, D); no padding mask here
+        return self.stack(x)  # (B, T, D)
+
+
+def _build_ours(v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any) -> nnx.Module:
+    return jax_impl.from_weights(weights, cfg, backend=v.backend, dtype=dtype)
+
+
+def _build_native(v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any) -> nnx.Module:
+    ours = jax_impl.from_weights(weights, cfg, dtype=dtype)
+    stack = jax_impl.native.native_encoder(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+    jax_impl.native.import_encoder(stack, weights)
+    return NativeModel(ours.embeddings, stack)
+
+
+# implementation (benchmarks.variants) -> builder; a peer is one more entry
+BUILDERS: dict[str, Callable[[Variant, EncoderConfig, dict, Any], nnx.Module]] = {
+    "ours": _build_ours,
+    "native": _build_native,
+}
 
 
 def build_model(
-    variant: str, cfg: EncoderConfig, weights: dict[str, np.ndarray], *, dtype: str
+    name: str, cfg: EncoderConfig, weights: dict[str, np.ndarray], *, dtype: str
 ) -> nnx.Module:
-    """The model of ``variant`` ("ours-math", "ours-fused" or "native") holding ``weights``,
-    on JAX's default device (the caller's ``jax.default_device``)."""
-    implementation, backend = variant_parts(variant)
-    jax_dtype = JAX_DTYPES[dtype]
-    if implementation == "ours":
-        return jax_impl.from_weights(weights, cfg, backend=backend, dtype=jax_dtype)
-    native = _native_module()
-    if native is None:
-        raise RuntimeError("jax_impl.native is not available")
-    ours = jax_impl.from_weights(weights, cfg, dtype=jax_dtype)
-    stack = native.native_encoder(cfg, dtype=jax_dtype, rngs=nnx.Rngs(0))
-    native.import_encoder(stack, weights)
-    return NativeModel(ours.embeddings, stack)
+    """The model of variant ``name`` (``benchmarks.variants``) holding ``weights``, on JAX's
+    default device (the caller's ``jax.default_device``)."""
+    v = variant(name)
+    if v.implementation not in BUILDERS:
+        raise ValueError(f"no JAX builder for {v.implementation!r} (variant {name!r})")
+    return BUILDERS[v.implementation](v, cfg, weights, JAX_DTYPES[dtype])
+
+
+def planned_working_bytes(compiled: Any) -> int | None:
+    """Working memory of one call of a compiled program on one device, as XLA's buffer
+    assignment plans it: temporaries plus outputs, less the outputs that reuse donated
+    inputs (those were already there). None where XLA gives no memory analysis."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return int(stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes)
 
 
 def _loss(graphdef, params, rest, ids):
@@ -106,8 +129,12 @@ class JaxRunner:
         self.device = jax.devices(device)[0]
 
     def unsupported(self, case: Case) -> str | None:
-        if case.implementation == "native" and _native_module() is None:
-            return "jax_impl.native is not available"
+        """Why this runner cannot run ``case``, or None if it can."""
+        v = variant(case.variant)
+        if v.implementation not in BUILDERS:
+            return f"no JAX builder for {v.implementation}"
+        if case.mesh.devices > 1 and not v.shardable:
+            return f"the sharding plan covers our encoder only, not {v.name}"
         return None
 
     @staticmethod
@@ -147,18 +174,35 @@ class JaxRunner:
 
     # --- workloads ------------------------------------------------------------------------
 
-    def workload(self, case: Case, cfg: EncoderConfig, weights: dict, ids: np.ndarray) -> Workload:
-        """``case`` ready to time: model built and split, compiled if asked."""
+    def workload(
+        self,
+        case: Case,
+        cfg: EncoderConfig,
+        weights: dict,
+        ids: np.ndarray,
+        *,
+        warm_compile: bool = True,
+    ) -> Workload:
+        """``case`` ready to time: model built (and sharded on a mesh) and split, compiled
+        if asked (cold compile time measured, and warm unless ``warm_compile`` is false)."""
+        sharded = case.mesh.devices > 1
         with jax.default_device(self.device):
             model = build_model(case.variant, cfg, weights, dtype=case.dtype)
             if case.phase == "forward":
                 model.eval()
             else:
                 model.train()  # dropout is 0 in every preset: train mode changes no numbers
+            inputs: Any = ids
+            if sharded:
+                from jax_impl import parallel
+
+                mesh = parallel.make_mesh(**case.mesh.sizes)
+                model = parallel.parallelize(model, mesh, fsdp=case.mesh.fsdp)
+                inputs = parallel.place_batch(ids, mesh)
             graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-            fn, args, donate = self._pure_function(case.phase, graphdef, params, rest, ids)
-            # committed to the device: eager ops and compiled calls then run there
-            args = jax.device_put(args, self.device)
+            fn, args, donate = self._pure_function(case.phase, graphdef, params, rest, inputs)
+            if not sharded:  # committed to the device: eager ops and compiled calls run there
+                args = jax.device_put(args, self.device)
 
         state = {"args": args}
         compiled = None
@@ -167,8 +211,9 @@ class JaxRunner:
             # cold: JAX's persistent cache is empty (a fresh directory for this run);
             # warm: in-memory caches cleared, compiled again from the persistent cache.
             compiled, work.compile_s_cold = self._compile(fn, args, donate)
-            jax.clear_caches()
-            compiled, work.compile_s_warm = self._compile(fn, args, donate)
+            if warm_compile:
+                jax.clear_caches()
+                compiled, work.compile_s_warm = self._compile(fn, args, donate)
         call = compiled if compiled is not None else fn
 
         def step() -> Any:
@@ -179,11 +224,11 @@ class JaxRunner:
             return out
 
         work.step = step
-        work.memory_probe = lambda: self._memory(step, compiled)
+        work.memory_probe = lambda: self._memory(step, compiled, sharded=sharded)
         work.kernel_probe = lambda: self._kernel(step, fn, state["args"], case)
         return work
 
-    def _pure_function(self, phase: str, graphdef, params, rest, ids: np.ndarray):
+    def _pure_function(self, phase: str, graphdef, params, rest, ids: Any):
         """``(function, its arguments, argument numbers to donate when compiled)``."""
         if phase == "forward":
 
@@ -199,7 +244,7 @@ class JaxRunner:
             return forward_backward, (params, rest, ids), ()
         tx = jax_impl.train.make_optimizer(TRAIN)
         trainable = jax_impl.train.trainable_filter(TRAIN)
-        n_targets = jnp.float32(ids.size * params["embeddings"]["token"]["embedding"].shape[1])
+        n_targets = jnp.float32(np.size(ids) * params["embeddings"]["token"]["embedding"].shape[1])
 
         def train_step(params, opt_state, rest, ids):
             # dropout is 0 in every preset: the new ``rest`` (RNG counters) is not threaded
@@ -234,9 +279,9 @@ class JaxRunner:
         compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
         return compiled, time.perf_counter() - t0
 
-    def _memory(self, step, compiled) -> tuple[int | None, str]:
+    def _memory(self, step, compiled, *, sharded: bool = False) -> tuple[int | None, str]:
         """One call with its memory measured: ``(peak bytes or None, how)``."""
-        if self.device_kind == "cpu":
+        if self.device_kind == "cpu" and not sharded:
             with PeakRss() as rss:
                 self.sync(step())
             if rss.peak_bytes is None:
@@ -245,18 +290,18 @@ class JaxRunner:
         self.sync(step())
         if compiled is None:
             return None, "unavailable (eager: XLA's peak counter cannot be reset)"
-        stats = compiled.memory_analysis()
-        if stats is None:
+        planned = planned_working_bytes(compiled)
+        if planned is None:
             return None, "unavailable (no memory_analysis)"
-        # working memory of one call: scratch and new outputs (outputs that reuse donated
-        # inputs were already there), as planned by XLA's buffer assignment
-        planned = stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-        return int(planned), "xla_buffer_assignment"
+        return planned, "xla_buffer_assignment"
 
     def _kernel(self, step, fn: Callable, args: tuple, case: Case) -> str:
-        """One call; the attention kernel, read from the lowered program on GPUs."""
+        """One call; the attention kernel, read from the lowered program on GPUs. Our flash
+        backend is written out (``lax`` loops over blocks): ``flash-ours``."""
         label = "xla"
-        if self.device_kind == "gpu":
+        if case.backend == "flash":
+            label = "flash-ours (lax loops)"
+        elif self.device_kind == "gpu":
             text = jax.jit(fn).lower(*args).as_text()
             if "cudnn$fmha" in text:  # the custom call of cuDNN's fused attention
                 label = "cudnn-fmha"

@@ -15,7 +15,14 @@ negligible; there is no task head):
   the optimizer step.
 
 Compiled modes use ``torch.compile(fn, dynamic=False)``: one static-shape compilation per
-shape, as a sequence sweep then compiles per shape (and the rows say so).
+shape, as a sequence sweep then compiles per shape (and the rows say so). Inductor's
+pattern matcher recognises the written-out attention of the math backend and replaces it
+with SDPA: a compiled math row then runs the same attention kernel as a fused row, and its
+``kernel`` and notes say so.
+
+On a mesh (``case.mesh``, in one process per device started by ``benchmarks.mesh``): the
+model goes to ``torch_impl.parallel.parallelize`` and each rank gets its slice of the batch;
+eager only (a sharded model under ``torch.compile`` is not benchmarked).
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -33,14 +41,16 @@ import torch
 from torch import nn
 
 import torch_impl
+import torch_impl.native
 import torch_impl.train
 from benchmarks.harness import PeakRss, Workload, time_calls, timed
 from benchmarks.peaks import MeasuredPeak, peak_matmul_size
-from benchmarks.suites import Case, variant_parts
+from benchmarks.suites import Case
+from benchmarks.variants import Variant, variant
 from shared.config import EncoderConfig
 from shared.training import TrainConfig
 
-__all__ = ["NativeModel", "TorchRunner", "build_model"]
+__all__ = ["BUILDERS", "NativeModel", "TorchRunner", "build_model"]
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # every parameter trained (the key bias too), AdamW as in the training examples
@@ -59,14 +69,6 @@ _KERNELS = (
 )
 
 
-def _native_module() -> Any | None:
-    """``torch_impl.native``, or None while it does not exist."""
-    try:
-        return importlib.import_module("torch_impl.native")
-    except ImportError:
-        return None
-
-
 class NativeModel(nn.Module):
     """Our embeddings, then PyTorch's own ``nn.TransformerEncoder`` (from ``torch_impl.native``).
 
@@ -80,31 +82,41 @@ class NativeModel(nn.Module):
         self.stack = stack
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.stack(self.embeddings(input_ids))  # (B, T, D)
+        x, _ = self.embeddings(input_ids)  # (B, T, D); no padding mask here
+        return self.stack(x)  # (B, T, D)
+
+
+def _build_ours(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:
+    return torch_impl.from_weights(weights, cfg, backend=v.backend, dtype=dtype)
+
+
+def _build_native(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:
+    ours = torch_impl.from_weights(weights, cfg, dtype=dtype)
+    stack = torch_impl.native.native_encoder(cfg, dtype=dtype)
+    torch_impl.native.import_encoder(stack, weights)
+    return NativeModel(ours.embeddings, stack)
+
+
+# implementation (benchmarks.variants) -> builder; a peer is one more entry
+BUILDERS: dict[str, Callable[[Variant, EncoderConfig, dict, torch.dtype], nn.Module]] = {
+    "ours": _build_ours,
+    "native": _build_native,
+}
 
 
 def build_model(
-    variant: str,
+    name: str,
     cfg: EncoderConfig,
     weights: dict[str, np.ndarray],
     *,
     dtype: str,
     device: torch.device,
 ) -> nn.Module:
-    """The model of ``variant`` ("ours-math", "ours-fused" or "native") holding ``weights``."""
-    implementation, backend = variant_parts(variant)
-    torch_dtype = TORCH_DTYPES[dtype]
-    if implementation == "ours":
-        model = torch_impl.from_weights(weights, cfg, backend=backend, dtype=torch_dtype)
-    else:
-        native = _native_module()
-        if native is None:
-            raise RuntimeError("torch_impl.native is not available")
-        ours = torch_impl.from_weights(weights, cfg, dtype=torch_dtype)
-        stack = native.native_encoder(cfg, dtype=torch_dtype)
-        native.import_encoder(stack, weights)
-        model = NativeModel(ours.embeddings, stack)
-    return model.to(device)
+    """The model of variant ``name`` (``benchmarks.variants``) holding ``weights``."""
+    v = variant(name)
+    if v.implementation not in BUILDERS:
+        raise ValueError(f"no PyTorch builder for {v.implementation!r} (variant {name!r})")
+    return BUILDERS[v.implementation](v, cfg, weights, TORCH_DTYPES[dtype]).to(device)
 
 
 class TorchRunner:
@@ -133,8 +145,13 @@ class TorchRunner:
 
     def unsupported(self, case: Case) -> str | None:
         """Why this runner cannot run ``case``, or None if it can."""
-        if case.implementation == "native" and _native_module() is None:
-            return "torch_impl.native is not available"
+        v = variant(case.variant)
+        if v.implementation not in BUILDERS:
+            return f"no PyTorch builder for {v.implementation}"
+        if case.mesh.devices > 1 and not v.shardable:
+            return f"the sharding plan covers our encoder only, not {v.name}"
+        if case.mesh.devices > 1 and case.mode == "compiled":
+            return "a sharded PyTorch model is benchmarked eager only"
         if self._xm is not None and case.mode == "compiled":
             return "torch on TPU (torch_xla) is benchmarked in its lazy-tensor mode only"
         return None
@@ -182,11 +199,26 @@ class TorchRunner:
 
     # --- workloads ------------------------------------------------------------------------
 
-    def workload(self, case: Case, cfg: EncoderConfig, weights: dict, ids: np.ndarray) -> Workload:
-        """``case`` ready to time: model built, compiled if asked (compile times measured)."""
+    def workload(
+        self,
+        case: Case,
+        cfg: EncoderConfig,
+        weights: dict,
+        ids: np.ndarray,
+        *,
+        warm_compile: bool = True,
+    ) -> Workload:
+        """``case`` ready to time: model built (and sharded on a mesh), compiled if asked
+        (cold compile time measured, and warm unless ``warm_compile`` is false)."""
         model = build_model(case.variant, cfg, weights, dtype=case.dtype, device=self.device)
         input_ids = torch.as_tensor(ids, device=self.device)
-        fn = self._step_function(case.phase, model, input_ids)
+        if case.mesh.devices > 1:
+            from torch_impl import parallel
+
+            mesh = parallel.make_mesh(**case.mesh.sizes)
+            model = parallel.parallelize(model, mesh, fsdp=case.mesh.fsdp)
+            input_ids = parallel.slice_batch(input_ids, mesh)
+        fn = self._step_function(case.phase, model, input_ids, compiled=case.mode == "compiled")
 
         work = Workload(step=fn, sync=self.sync, notes=self.notes())
         if case.mode == "compiled":
@@ -195,15 +227,16 @@ class TorchRunner:
             # torch.compile compiles inside the first call: the harness subtracts one
             # steady-state call from these times.
             compiled, work.compile_s_cold = self._compile(fn)
-            torch._dynamo.reset()
-            compiled, work.compile_s_warm = self._compile(fn)
+            if warm_compile:
+                torch._dynamo.reset()
+                compiled, work.compile_s_warm = self._compile(fn)
             work.compile_includes_one_call = True
             work.step = compiled
         work.memory_probe = lambda: self._memory(work.step)
-        work.kernel_probe = lambda: self._kernel(work.step, case)
+        work.kernel_probe = lambda: self._kernel(work.step, case, work.notes)
         return work
 
-    def _step_function(self, phase: str, model: nn.Module, ids: torch.Tensor):
+    def _step_function(self, phase: str, model: nn.Module, ids: torch.Tensor, *, compiled: bool):
         if phase == "forward":
             model.eval()
 
@@ -218,7 +251,8 @@ class TorchRunner:
             params = torch_impl.train.trainable_parameters(model, TRAIN)
             optimizer, _ = torch_impl.train.make_optimizer(params, TRAIN)
             constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-            _initialise_state(model, optimizer)
+            if compiled:
+                _initialise_state(model, optimizer)
             n_targets = float(ids.numel() * model_width(model))
 
             def train_step() -> torch.Tensor:
@@ -274,8 +308,13 @@ class TorchRunner:
         self.sync(step())
         return None, "unavailable on torch_xla"
 
-    def _kernel(self, step, case: Case) -> str:
-        """One call under torch.profiler; the attention kernels it ran, by aten operator."""
+    def _kernel(self, step, case: Case, notes: list[str]) -> str:
+        """One call under torch.profiler; the attention kernels it ran, by aten operator.
+
+        Where no SDPA or fast-path operator ran, the row's own written-out attention did:
+        ``matmul+softmax`` (math; ``inductor`` compiled) or ``flash-ours`` (our
+        FlashAttention-2, whose Python block loops run eagerly even under torch.compile).
+        """
         if self._xm is not None:
             self.sync(step())
             return "torch_xla"
@@ -286,10 +325,18 @@ class TorchRunner:
             self.sync(step())
         names = {e.name for e in prof.events()}
         found = [label for op, label in _KERNELS if op in names]
+        if case.backend == "math" and case.mode == "compiled" and found:
+            notes.append(
+                "Inductor replaced the written-out attention with SDPA: this compiled math "
+                "row runs the fused kernel"
+            )
+            return "+".join(found) + " (Inductor)"
         if found:
             return "+".join(found)
         if case.backend == "math":
             return "inductor" if case.mode == "compiled" else "matmul+softmax"
+        if case.backend == "flash":
+            return "flash-ours (eager loops)"
         return "unknown"
 
 
@@ -313,6 +360,20 @@ def _initialise_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Non
         p.grad = torch.zeros_like(p)
     optimizer.step()
     model.zero_grad(set_to_none=True)
+
+
+class _DropProfilerRecordWarning(logging.Filter):
+    """Drops Dynamo's "Profiler record function ... will be ignored", logged when a compiled
+    function is traced while the kernel probe's profiler runs (harmless: the probe reads the
+    operators that ran, not record_function ranges)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Profiler record function")
+
+
+_DYNAMO_CTX_LOGGER = logging.getLogger("torch._dynamo.variables.ctx_manager")
+if not any(isinstance(f, _DropProfilerRecordWarning) for f in _DYNAMO_CTX_LOGGER.filters):
+    _DYNAMO_CTX_LOGGER.addFilter(_DropProfilerRecordWarning())
 
 
 @contextlib.contextmanager

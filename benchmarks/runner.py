@@ -1,5 +1,6 @@
 """Running a list of cases: peaks first, then for each torch/jax pair a parity check, then
-every row of the pair timed, with progress printed as it goes."""
+every row of the pair timed (one device in this process; a mesh in child processes,
+``benchmarks.mesh``), with progress printed as it goes."""
 
 from __future__ import annotations
 
@@ -13,15 +14,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from benchmarks import mesh as meshes
 from benchmarks.harness import Measurement, Workload, measure
 from benchmarks.peaks import MeasuredPeak, datasheet_tflops
+from benchmarks.schema import Row
 from benchmarks.suites import Case
 from shared import reference
 from shared.config import EncoderConfig
 from shared.flops import phase_flops
 from shared.tolerances import max_abs_diff, tolerance
 
-__all__ = ["Parity", "RunResult", "RunSettings", "Runner", "make_input_ids", "run_cases"]
+__all__ = [
+    "Parity",
+    "RunResult",
+    "RunSettings",
+    "Runner",
+    "make_input_ids",
+    "make_row",
+    "measure_case",
+    "run_cases",
+]
 
 
 class Runner(Protocol):
@@ -51,6 +63,8 @@ class RunSettings:
     seed: int
     tf32: bool
     threads: int | None
+    warm_compile: bool = True  # compile a second time from warm caches (compiled rows)
+    cache_dir: str | None = None  # the run's compile caches, for child processes (meshes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +76,7 @@ class Parity:
 
 @dataclasses.dataclass
 class RunResult:
-    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rows: list[Row] = dataclasses.field(default_factory=list)
     peaks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -85,7 +99,16 @@ def _case_dict(case: Case) -> dict[str, Any]:
         "dtype": case.dtype,
         "batch": case.batch,
         "seq_len": case.seq_len,
+        "mesh": case.mesh.name,
     }
+
+
+class Progress(Protocol):
+    """What :func:`run_cases` reports to while it runs (``benchmarks.progress``)."""
+
+    def log(self, line: str) -> None: ...
+    def start(self, cases: Sequence[Case]) -> None: ...
+    def advance(self, case: Case) -> None: ...
 
 
 def run_cases(
@@ -96,11 +119,15 @@ def run_cases(
     settings: RunSettings,
     device_names: dict[str, str],
     log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Measure every case; a failing case is recorded and the run goes on.
 
-    Ctrl-C stops the run; what was measured so far is returned (``interrupted`` set).
+    Lines go to ``progress.log`` (or ``log``, or stderr); ``progress`` is told each case as
+    it ends. Ctrl-C stops the run; what was measured so far is returned (``interrupted``).
     """
+    if progress is not None:
+        log = progress.log
     log = log or _stderr
     result = RunResult()
     runnable = []
@@ -123,6 +150,8 @@ def run_cases(
             seconds = runners[framework].warm_up_compiler()
             result.compiler_warmup_s[framework] = seconds
             log(f"{framework} compiler start-up (a throwaway function): {seconds:.1f} s")
+        if progress is not None:  # the estimate starts with the rows
+            progress.start(runnable)
         done = 0
         for _, pair in itertools.groupby(runnable, key=lambda c: c.pair_key):
             group = list(pair)
@@ -133,7 +162,10 @@ def run_cases(
                 elapsed = time.perf_counter() - started
                 log(f"[{done:>3}/{len(runnable)} {elapsed:6.0f}s] {case.label()} ...")
                 try:
-                    m = _measure_one(case, cfg, weights, ids, runners[case.framework], settings)
+                    if case.mesh.devices > 1:
+                        m = meshes.run_sharded(case, cfg, settings)
+                    else:
+                        m = measure_case(case, cfg, weights, ids, runners[case.framework], settings)
                 except Exception as e:  # one row failing (out of memory, say) ends only that row
                     result.failures.append(
                         {**_case_dict(case), "error": f"{type(e).__name__}: {e}"}
@@ -142,6 +174,8 @@ def run_cases(
                     continue
                 finally:
                     runners[case.framework].release()
+                    if progress is not None:
+                        progress.advance(case)
                 row = make_row(case, m, cfg, settings, parity, peaks, device_names)
                 result.rows.append(row)
                 log("      " + _progress_line(row))
@@ -187,9 +221,11 @@ def _parity(
 ) -> Parity:
     """Both frameworks' forward outputs for the group's variant, dtype and shape, compared."""
     frameworks = {c.framework for c in group}
+    case = group[0]
+    if case.mesh.devices > 1:
+        return Parity(None, None, "sharded: parity_tests/test_parallel.py checks it")
     if frameworks != {"torch", "jax"}:
         return Parity(None, None, "no torch/jax pair to compare")
-    case = group[0]
     try:
         out = {
             fw: runners[fw].forward_output(case.variant, cfg, weights, case.dtype, ids)
@@ -211,7 +247,7 @@ def _parity(
     return Parity(diff, ok)
 
 
-def _measure_one(
+def measure_case(
     case: Case,
     cfg: EncoderConfig,
     weights: dict,
@@ -219,7 +255,8 @@ def _measure_one(
     runner: Runner,
     settings: RunSettings,
 ) -> tuple[Measurement, list[str]]:
-    work = runner.workload(case, cfg, weights, ids)
+    """``case`` built by ``runner`` and timed by the harness: ``(measurement, notes)``."""
+    work = runner.workload(case, cfg, weights, ids, warm_compile=settings.warm_compile)
     m = measure(
         work,
         warmup=settings.warmup,
@@ -241,8 +278,8 @@ def make_row(
     parity: Parity,
     peaks: dict[tuple[str, str], MeasuredPeak],
     device_names: dict[str, str],
-) -> dict[str, Any]:
-    """One row of the results (fields: ``benchmarks.schema.ROW_FIELDS``)."""
+) -> Row:
+    """One row of the results (fields: :class:`benchmarks.schema.Row`)."""
     m, notes = measured
     median_s = m.stats.median
     flops = phase_flops(
@@ -254,64 +291,81 @@ def make_row(
         n_layers=cfg.n_layers,
     )
     tflops = flops / median_s / 1e12
+    # host devices of one CPU share its cores (and its measured peak); accelerators add up
+    scale = 1 if case.device == "cpu" else case.mesh.devices
     peak = peaks.get((case.framework, case.dtype))
+    peak_tflops = peak.tflops * scale if peak else None
     best_gemm = max((p.tflops for (_, dt), p in peaks.items() if dt == case.dtype), default=None)
     device_name = device_names.get(case.framework)
     datasheet = datasheet_tflops(device_name, case.dtype, tf32=settings.tf32)
+    datasheet = datasheet * scale if datasheet else None
+    notes = list(notes)
     if parity.note:
         notes.append(parity.note)
     if m.stats.iqr > 0.1 * median_s:
         notes.append(f"noisy: IQR {100 * m.stats.iqr / median_s:.0f}% of the median")
     if case.mode == "compiled" and case.framework == "torch":
         notes.append("compiled per shape (dynamic=False)")
-    return {
-        "framework": case.framework,
-        "implementation": case.implementation,
-        "backend": case.backend,
-        "kernel": m.kernel,
-        "mode": case.mode,
-        "phase": case.phase,
-        "device": case.device,
-        "device_name": device_name,
-        "dtype": case.dtype,
-        "precision": "tf32" if settings.tf32 else "float32",
-        "batch": case.batch,
-        "seq_len": case.seq_len,
-        "config": settings.config_name,
-        "median_ms": median_s * 1e3,
-        "spread_ms": m.stats.iqr * 1e3,
-        "min_ms": m.stats.minimum * 1e3,
-        "repeats": m.stats.n,
-        "tokens_per_s": case.batch * case.seq_len / median_s,
-        "flops": flops,
-        "tflops": tflops,
-        "peak_tflops_measured": peak.tflops if peak else None,
-        "utilization": tflops / peak.tflops if peak else None,
-        "utilization_best_gemm": tflops / best_gemm if best_gemm else None,
-        "peak_tflops_datasheet": datasheet,
-        "utilization_datasheet": tflops / datasheet if datasheet else None,
-        "peak_memory_bytes": m.peak_memory_bytes,
-        "memory_method": m.memory_method,
-        "compile_s_cold": m.compile_s_cold,
-        "compile_s_warm": m.compile_s_warm,
-        "parity_max_abs_diff": parity.max_abs_diff,
-        "parity_ok": parity.ok,
-        "threads": settings.threads if case.framework == "torch" else None,
-        "notes": "; ".join(notes),
-    }
+    return Row(
+        framework=case.framework,
+        implementation=case.implementation,
+        backend=case.backend,
+        kernel=m.kernel,
+        mode=case.mode,
+        phase=case.phase,
+        device=case.device,
+        device_name=device_name,
+        dtype=case.dtype,
+        precision="tf32" if settings.tf32 else "float32",
+        batch=case.batch,
+        seq_len=case.seq_len,
+        config=settings.config_name,
+        median_ms=median_s * 1e3,
+        spread_ms=m.stats.iqr * 1e3,
+        min_ms=m.stats.minimum * 1e3,
+        repeats=m.stats.n,
+        tokens_per_s=case.batch * case.seq_len / median_s,
+        flops=flops,
+        tflops=tflops,
+        peak_tflops_measured=peak_tflops,
+        utilization=tflops / peak_tflops if peak_tflops else None,
+        utilization_best_gemm=tflops / (best_gemm * scale) if best_gemm else None,
+        peak_tflops_datasheet=datasheet,
+        utilization_datasheet=tflops / datasheet if datasheet else None,
+        peak_memory_bytes=m.peak_memory_bytes,
+        memory_method=m.memory_method,
+        compile_s_cold=m.compile_s_cold,
+        compile_s_warm=m.compile_s_warm,
+        parity_max_abs_diff=parity.max_abs_diff,
+        parity_ok=parity.ok,
+        threads=_threads(case, settings),
+        notes="; ".join(notes),
+        mesh=case.mesh.name,
+        devices=case.mesh.devices,
+        collective_bytes=meshes.collective_bytes(
+            cfg, case.mesh, batch=case.batch, seq_len=case.seq_len
+        ),
+    )
 
 
-def _progress_line(row: dict[str, Any]) -> str:
+def _threads(case: Case, settings: RunSettings) -> int | None:
+    if case.framework != "torch" or settings.threads is None:
+        return None
+    if case.device == "cpu":  # one process per device shares the cores
+        return max(1, settings.threads // case.mesh.devices)
+    return settings.threads
+
+
+def _progress_line(row: Row) -> str:
     parts = [
-        f"{row['median_ms']:10.2f} ms ± {row['spread_ms']:.2f} (n={row['repeats']})",
-        f"{row['tflops'] * 1e3:7.1f} GFLOP/s",
+        f"{row.median_ms:10.2f} ms ± {row.spread_ms:.2f} (n={row.repeats})",
+        f"{row.tflops * 1e3:7.1f} GFLOP/s",
     ]
-    if row["utilization"] is not None:
-        parts.append(f"{100 * row['utilization']:5.1f}% of measured peak")
-    if row["compile_s_cold"] is not None:
-        parts.append(
-            f"compile {row['compile_s_cold']:.1f}s cold / {row['compile_s_warm']:.1f}s warm"
-        )
-    if row["kernel"]:
-        parts.append(f"kernel {row['kernel']}")
+    if row.utilization is not None:
+        parts.append(f"{100 * row.utilization:5.1f}% of measured peak")
+    if row.compile_s_cold is not None:
+        warm = "" if row.compile_s_warm is None else f" / {row.compile_s_warm:.1f}s warm"
+        parts.append(f"compile {row.compile_s_cold:.1f}s cold{warm}")
+    if row.kernel:
+        parts.append(f"kernel {row.kernel}")
     return ", ".join(parts)

@@ -1,83 +1,117 @@
 """The shape of ``results.json``: ``{"schema", "environment", "settings", "peaks", "rows",
-"skipped", "failures"}``, every row with the fields below (``None`` where a value does not
-apply or could not be measured). ``results.csv`` has one line per row, in this field order.
+"skipped", "failures", "interrupted"}``, every row a :class:`Row` (``None`` where a value
+does not apply or could not be measured). ``results.csv`` has one line per row, in the
+field order of :class:`Row`. Both are written from ``dataclasses.asdict``.
+
+Rows written before a field existed read back with its value for them (:data:`ADDED_FIELDS`:
+no best-GEMM utilisation; one device, no collectives).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-__all__ = [
-    "ENVIRONMENT_FIELDS",
-    "ROW_FIELDS",
-    "SCHEMA",
-    "validate_results",
-    "validate_row",
-]
+__all__ = ["ADDED_FIELDS", "ENVIRONMENT_FIELDS", "ROW_FIELDS", "SCHEMA", "Row", "validate_results"]
 
 SCHEMA = "twin-encoder-benchmarks/1"
 
-_OPT_INT = (int, type(None))
-_OPT_FLOAT = (int, float, type(None))
-_OPT_STR = (str, type(None))
-_OPT_BOOL = (bool, type(None))
 
-# field: (allowed types, meaning)
-ROW_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "framework": ((str,), "torch or jax"),
-    "implementation": (
-        (str,),
-        "ours (this project's encoder) or native (the framework's own modules)",
-    ),
-    "backend": (
-        (str,),
-        "an attention backend of shared/backends.py (math, fused, flash), or native",
-    ),
-    "kernel": (_OPT_STR, "the attention kernel that actually ran, where the framework says"),
-    "mode": ((str,), "eager, or compiled (torch.compile / jax.jit)"),
-    "phase": ((str,), "forward, forward_backward, or train_step (forward, backward, AdamW)"),
-    "device": ((str,), "cpu, gpu or tpu"),
-    "device_name": (_OPT_STR, "what the framework calls the device"),
-    "dtype": ((str,), "float32 or bfloat16 (parameters and activations)"),
-    "precision": ((str,), "how float32 matmuls ran: float32 or tf32"),
-    "batch": ((int,), "sequences per call (B)"),
-    "seq_len": ((int,), "tokens per sequence (T); no padding"),
-    "config": ((str,), "model preset name, or the JSON file's stem"),
-    "median_ms": ((int, float), "median wall time of one call, in milliseconds"),
-    "spread_ms": ((int, float), "interquartile range of the timed calls, in milliseconds"),
-    "min_ms": ((int, float), "fastest timed call, in milliseconds"),
-    "repeats": ((int,), "number of timed calls"),
-    "tokens_per_s": ((int, float), "batch * seq_len / median time"),
-    "flops": ((int,), "analytic FLOPs of one call (shared/flops.py)"),
-    "tflops": ((int, float), "flops / median time, in TFLOP/s"),
-    "peak_tflops_measured": (
-        _OPT_FLOAT,
-        "large-matmul rate measured in this run (same framework, device, dtype)",
-    ),
-    "utilization": (_OPT_FLOAT, "tflops / peak_tflops_measured"),
-    "utilization_best_gemm": (
-        _OPT_FLOAT,
-        "tflops / the best matmul peak of any framework in this run (same device, dtype)",
-    ),
-    "peak_tflops_datasheet": (
-        _OPT_FLOAT,
-        "vendor's dense peak for this device and dtype, if known",
-    ),
-    "utilization_datasheet": (_OPT_FLOAT, "tflops / peak_tflops_datasheet"),
-    "peak_memory_bytes": (_OPT_INT, "peak working memory of one call (see memory_method)"),
-    "memory_method": ((str,), "how peak_memory_bytes was measured"),
-    "compile_s_cold": (_OPT_FLOAT, "compile time with empty caches (compiled mode only)"),
-    "compile_s_warm": (_OPT_FLOAT, "compile time again, with the persistent caches filled"),
-    "parity_max_abs_diff": (
-        _OPT_FLOAT,
-        "max |torch - jax| of the forward outputs, same weights and inputs",
-    ),
-    "parity_ok": (
-        _OPT_BOOL,
-        "parity_max_abs_diff within shared/tolerances.py for this dtype and device",
-    ),
-    "threads": (_OPT_INT, "torch intra-op threads (XLA uses all usable cores)"),
-    "notes": ((str,), "anything else a reader must know about this row"),
+def _doc(text: str, default: Any = dataclasses.MISSING) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One measured row of a run. Times in milliseconds, memory in bytes, rates in TFLOP/s."""
+
+    framework: str = _doc("torch or jax")
+    implementation: str = _doc(
+        "ours (this project's encoder) or native (the framework's own modules)"
+    )
+    backend: str = _doc(
+        "an attention backend of shared/backends.py (math, fused, flash), or native"
+    )
+    kernel: str | None = _doc("the attention kernel that actually ran, where it can be told")
+    mode: str = _doc("eager, or compiled (torch.compile / jax.jit)")
+    phase: str = _doc("forward, forward_backward, or train_step (forward, backward, AdamW)")
+    device: str = _doc("cpu, gpu or tpu")
+    device_name: str | None = _doc("what the framework calls the device")
+    dtype: str = _doc("float32 or bfloat16 (parameters and activations)")
+    precision: str = _doc("how float32 matmuls ran: float32 or tf32")
+    batch: int = _doc("sequences per call (B), over all devices")
+    seq_len: int = _doc("tokens per sequence (T); no padding")
+    config: str = _doc("model preset name, or the JSON file's stem")
+    median_ms: float = _doc("median wall time of one call")
+    spread_ms: float = _doc("interquartile range of the timed calls")
+    min_ms: float = _doc("fastest timed call")
+    repeats: int = _doc("number of timed calls")
+    tokens_per_s: float = _doc("batch * seq_len / median time, over all devices")
+    flops: int = _doc("analytic FLOPs of one call (shared/flops.py)")
+    tflops: float = _doc("flops / median time")
+    peak_tflops_measured: float | None = _doc(
+        "large-matmul rate measured in this run (same framework, device, dtype)"
+    )
+    utilization: float | None = _doc(
+        "tflops / peak_tflops_measured (times the devices of a mesh on accelerators; host "
+        "devices of one CPU share its cores and its peak)"
+    )
+    utilization_best_gemm: float | None = _doc(
+        "tflops / the best matmul peak of any framework in this run (same device, dtype)"
+    )
+    peak_tflops_datasheet: float | None = _doc("vendor's dense peak for this device and dtype")
+    utilization_datasheet: float | None = _doc("tflops / peak_tflops_datasheet")
+    peak_memory_bytes: int | None = _doc(
+        "peak working memory of one call on one device (see memory_method)"
+    )
+    memory_method: str = _doc("how peak_memory_bytes was measured")
+    compile_s_cold: float | None = _doc("compile time with empty caches (compiled mode only)")
+    compile_s_warm: float | None = _doc(
+        "compile time again, with the persistent caches filled (None when the suite skips it)"
+    )
+    parity_max_abs_diff: float | None = _doc(
+        "max |torch - jax| of the forward outputs, same weights and inputs"
+    )
+    parity_ok: bool | None = _doc(
+        "parity_max_abs_diff within shared/tolerances.py for this dtype and device"
+    )
+    threads: int | None = _doc("torch intra-op threads per process (XLA uses all usable cores)")
+    notes: str = _doc("anything else a reader must know about this row", "")
+    mesh: str = _doc("the device mesh, e.g. data=2,model=2,fsdp; empty on one device", "")
+    devices: int = _doc("devices the call runs on", 1)
+    collective_bytes: int | None = _doc(
+        "analytic bytes one call hands to collectives, per device (shared/parallel.py)", None
+    )
+
+    def __getitem__(self, name: str) -> Any:
+        """``row["median_ms"]``: rows read like the dicts of ``results.json``."""
+        if name not in ROW_FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """A row of a ``results.json``; ``ValueError`` naming missing or unknown fields."""
+        data = {**ADDED_FIELDS, **data}
+        required = {f.name for f in dataclasses.fields(cls) if _required(f)}
+        missing = sorted(required - set(data))
+        unknown = sorted(set(data) - set(ROW_FIELDS))
+        if missing or unknown:
+            raise ValueError(f"row fields: missing {missing}, unexpected {unknown}")
+        return cls(**data)
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Row))
+# fields added after results were committed, with the value they take in those results
+ADDED_FIELDS: dict[str, Any] = {
+    "utilization_best_gemm": None,
+    "mesh": "",
+    "devices": 1,
+    "collective_bytes": None,
 }
 
 ENVIRONMENT_FIELDS = (
@@ -94,23 +128,6 @@ ENVIRONMENT_FIELDS = (
 )
 
 
-def validate_row(row: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first field that is missing, extra or mistyped."""
-    missing = [f for f in ROW_FIELDS if f not in row]
-    extra = [f for f in row if f not in ROW_FIELDS]
-    if missing or extra:
-        raise ValueError(f"row fields: missing {missing}, unexpected {extra}")
-    for name, (types, _) in ROW_FIELDS.items():
-        value = row[name]
-        # bool is an int in Python: accept it only where bool is meant
-        if isinstance(value, bool) and bool not in types:
-            raise ValueError(f"row field {name!r} is a bool, expected {types}")
-        if not isinstance(value, types):
-            raise ValueError(
-                f"row field {name!r}={value!r} has type {type(value).__name__}, expected {types}"
-            )
-
-
 def validate_results(doc: dict[str, Any]) -> None:
     """Raise ``ValueError`` unless ``doc`` has the shape of ``results.json``."""
     for key in ("schema", "environment", "settings", "peaks", "rows", "skipped", "failures"):
@@ -122,4 +139,4 @@ def validate_results(doc: dict[str, Any]) -> None:
     if missing:
         raise ValueError(f"results: environment lacks {missing}")
     for row in doc["rows"]:
-        validate_row(row)
+        Row.from_dict(row)

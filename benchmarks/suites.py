@@ -1,9 +1,10 @@
 """What to measure: model presets, the three suites, and their expansion into cases.
 
 A :class:`Case` is one row of the results: one framework running one variant of the model
-(ours with one attention backend of ``shared/backends.py``, or the framework's native
-modules) in one mode (eager or compiled) for one phase (forward, forward + backward, or a
-whole AdamW train step) at one shape and dtype. A :class:`Suite` is a few :class:`Sweep` blocks, each the
+(``benchmarks.variants``: ours with one attention backend of ``shared/backends.py``, or a
+peer such as the framework's native modules) in one mode (eager or compiled) for one phase
+(forward, forward + backward, or a whole AdamW train step) at one shape and dtype, on one
+device or on a device mesh (``benchmarks.mesh``). A :class:`Suite` is a few :class:`Sweep` blocks, each the
 cross product of its axes, so that expensive corners (an eager train step at long
 sequences on a CPU) can be left out without leaving out everything else.
 
@@ -16,7 +17,9 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.backends import BACKENDS
+from benchmarks.mesh import MeshSpec
+from benchmarks.variants import OURS_VARIANTS, VARIANTS
+from benchmarks.variants import variant as lookup_variant
 from shared.config import EncoderConfig
 from shared.flops import PHASES
 
@@ -36,6 +39,7 @@ __all__ = [
     "batch_for",
     "expand",
     "load_config",
+    "max_len_for",
     "variant_parts",
 ]
 
@@ -43,21 +47,12 @@ FRAMEWORKS = ("torch", "jax")
 DEVICES = ("cpu", "gpu", "tpu")
 DTYPES = ("float32", "bfloat16")
 MODES = ("eager", "compiled")
-# ours-<backend>: this project's encoder with one attention backend of shared/backends.py
-# (math, fused, flash); native: our embeddings, then the framework's own encoder stack
-# (nn.TransformerEncoder, or the stack of nnx.MultiHeadAttention layers in jax_impl.native).
-OURS_VARIANTS = tuple(f"ours-{backend}" for backend in BACKENDS)
-VARIANTS = (*OURS_VARIANTS, "native")
 
 
-def variant_parts(variant: str) -> tuple[str, str]:
+def variant_parts(name: str) -> tuple[str, str]:
     """``"ours-fused"`` -> ``("ours", "fused")``; ``"native"`` -> ``("native", "native")``."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} must be one of {VARIANTS}")
-    if variant == "native":
-        return "native", "native"
-    implementation, backend = variant.split("-")
-    return implementation, backend
+    v = lookup_variant(name)
+    return v.implementation, v.backend
 
 
 # --- model presets ---------------------------------------------------------------------------
@@ -143,6 +138,7 @@ class Suite:
     repeats: int  # timed calls per row (fewer when one call is slow, see budget_s)
     warmup: int  # untimed calls before the timed ones (after compilation)
     budget_s: float  # aim for at most this many seconds of timed calls per row
+    warm_compile: bool = True  # compile each compiled row a second time, from warm caches
 
 
 def batch_for(seq_len: int, *, tokens_per_batch: int, max_batch: int) -> int:
@@ -162,19 +158,25 @@ _MAX_BATCH = {"cpu": 8, "accelerator": 32}
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         name="quick",
-        description="small config, two shapes, forward and train step, ours and native",
+        description=(
+            "small config, two shapes: forward of every variant eager, math and fused "
+            "compiled; eager train step (no torch.compile of a train step: its cold compile "
+            "alone takes tens of seconds on a CPU); cold compile times only"
+        ),
         config="small",
         dtypes=("float32",),
         sweeps=(
-            Sweep(phases=("forward",), variants=_ALL_VARIANTS, modes=MODES),
-            Sweep(phases=("train_step",), variants=("ours-fused",), modes=MODES),
+            Sweep(phases=("forward",), variants=_ALL_VARIANTS, modes=("eager",)),
+            Sweep(phases=("forward",), variants=("ours-math", "ours-fused"), modes=("compiled",)),
+            Sweep(phases=("train_step",), variants=("ours-fused",), modes=("eager",)),
         ),
         seq_lens={"cpu": (64, 256), "accelerator": (128, 512)},
         tokens_per_batch={"cpu": 512, "accelerator": 8192},
         max_batch=_MAX_BATCH,
         repeats=5,
         warmup=1,
-        budget_s=2.0,
+        budget_s=1.0,
+        warm_compile=False,
     ),
     "standard": Suite(
         name="standard",
@@ -220,6 +222,25 @@ SUITES: dict[str, Suite] = {
         warmup=2,
         budget_s=10.0,
     ),
+    "mesh": Suite(
+        name="mesh",
+        description=(
+            "small config, one shape: the train step (ours, fused) on one device, and on "
+            "each --mesh given (PyTorch eager over one process per device, JAX jitted)"
+        ),
+        config="small",
+        dtypes=("float32",),
+        sweeps=(
+            Sweep(phases=("train_step",), variants=("ours-fused",), modes=("eager", "compiled")),
+        ),
+        seq_lens={"cpu": (128,), "accelerator": (512,)},
+        tokens_per_batch={"cpu": 1024, "accelerator": 32768},
+        max_batch={"cpu": 8, "accelerator": 64},
+        repeats=5,
+        warmup=2,
+        budget_s=10.0,
+        warm_compile=False,
+    ),
 }
 
 
@@ -238,6 +259,7 @@ class Case:
     dtype: str
     batch: int
     seq_len: int
+    mesh: MeshSpec = dataclasses.field(default_factory=MeshSpec)  # one device unless given
 
     @property
     def implementation(self) -> str:
@@ -248,14 +270,15 @@ class Case:
         return variant_parts(self.variant)[1]
 
     @property
-    def pair_key(self) -> tuple[str, str, int, int]:
+    def pair_key(self) -> tuple[str, str, int, int, MeshSpec]:
         """Rows with the same key (one per framework) share one parity check."""
-        return (self.variant, self.dtype, self.batch, self.seq_len)
+        return (self.variant, self.dtype, self.batch, self.seq_len, self.mesh)
 
     def label(self) -> str:
+        mesh = f" mesh {self.mesh.name}" if self.mesh.devices > 1 else ""
         return (
             f"{self.framework:5} {self.variant:10} {self.mode:8} {self.phase:16} "
-            f"{self.dtype:8} B={self.batch:<3} T={self.seq_len}"
+            f"{self.dtype:8} B={self.batch:<3} T={self.seq_len}{mesh}"
         )
 
 
@@ -275,6 +298,7 @@ class Selection:
     phases: tuple[str, ...] | None = None
     batch: int | None = None
     seq_lens: tuple[int, ...] | None = None
+    meshes: tuple[MeshSpec, ...] = ()  # each train-step case runs on each of these too
 
 
 def _union(values: Sequence[Sequence[str]], order: Sequence[str]) -> tuple[str, ...]:
@@ -328,6 +352,10 @@ def expand(suite: Suite, sel: Selection) -> list[Case]:
                                     framework, variant, mode, phase, sel.device, dtype, b, t
                                 )
                                 cases[case] = None
+                                if phase != "train_step":
+                                    continue
+                                for mesh in sel.meshes:
+                                    cases[dataclasses.replace(case, mesh=mesh)] = None
     return sorted(cases, key=_execution_order)
 
 
@@ -336,6 +364,8 @@ def _execution_order(case: Case) -> tuple:
         DTYPES.index(case.dtype) if case.dtype in DTYPES else len(DTYPES),
         case.seq_len,
         case.batch,
+        case.mesh.devices,
+        case.mesh.name,
         VARIANTS.index(case.variant),
         FRAMEWORKS.index(case.framework),
         PHASES.index(case.phase),

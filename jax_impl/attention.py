@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_impl.flash import check_window, flash_attention
+from jax_impl.flash import check_window, flash_attention, hide_masked_keys
+from jax_impl.precision import check_dtype
 from shared.backends import BACKENDS, backend_info
-from shared.inputs import check_mask_shape
+from shared.inputs import check_key_padding_mask, check_mask_shape
 
 __all__ = [
     "ATTENTION",
@@ -100,7 +101,10 @@ def scaled_dot_product_attention(
         float32. A query row with no allowed key gets all-zero weights, so a zero output
         and finite gradients (the paper leaves this case undefined; Flax's own attention
         averages the values there).
+        Keys no query may attend to are never read (``hide_masked_keys``): a NaN or Inf in
+        their K or V rows changes neither the output nor any gradient.
     """
+    k, v = hide_masked_keys(k, v, mask, None, is_causal=False, q_len=q.shape[2])
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, S, hd)
     scores = q @ k.swapaxes(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     scores = scores.astype(jnp.float64 if scores.dtype == jnp.float64 else jnp.float32)
@@ -143,21 +147,28 @@ def fused_attention(
     Fused kernels never materialise the weights, so only the output (B, H, T, hd) comes back.
     Causality alone goes to the kernel as its own flag (no mask built). Rows with no allowed
     key are given every key (a finite average) and then zeroed, which matches
-    :func:`scaled_dot_product_attention` whatever kernel JAX picks. JAX's kernel takes
-    (B, T, H, hd), hence the transposes; the kernel is :func:`fused_kernel`'s choice.
+    :func:`scaled_dot_product_attention` whatever kernel JAX picks. Keys no query may attend
+    to are zeroed first (``hide_masked_keys``): a kernel adds -inf to a masked score, and
+    -inf + NaN is NaN, so a NaN in a padded key would otherwise reach every output. JAX's
+    kernel takes (B, T, H, hd), hence the transposes; the kernel is :func:`fused_kernel`'s
+    choice. cuDNN checks the mask's query axis before broadcasting it (it must be T, not 1),
+    so on that kernel a padding mask is broadcast to (B, 1, T, S) first.
     K/V with fewer heads go to the kernel as they are (it takes G dividing H); a window is
     a mask.
     """
-    attend = functools.partial(
-        jax.nn.dot_product_attention, implementation=fused_kernel(q.dtype, q.shape[-1])
-    )
+    kernel = fused_kernel(q.dtype, q.shape[-1])
+    attend = functools.partial(jax.nn.dot_product_attention, implementation=kernel)
+    k, v = hide_masked_keys(k, v, mask, key_padding_mask, is_causal=is_causal, q_len=q.shape[2])
     if mask is None and key_padding_mask is None and window is None:
         q, k, v = (y.swapaxes(1, 2) for y in (q, k, v))  # (B, T|S, H|G, hd)
         return attend(q, k, v, is_causal=is_causal).swapaxes(1, 2)
     mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k, window=window)
     has_key = mask.any(axis=-1, keepdims=True)  # (B|1, H|1, T, 1)
+    mask = mask | ~has_key  # (B|1, H|1, T|1, S)
+    if kernel == "cudnn":  # "Bias must have same seq length as QKV" for a query axis of 1
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[2], k.shape[2]))
     q, k, v = (y.swapaxes(1, 2) for y in (q, k, v))  # (B, T|S, H, hd)
-    out = attend(q, k, v, mask=mask | ~has_key).swapaxes(1, 2)
+    out = attend(q, k, v, mask=mask).swapaxes(1, 2)
     return jnp.where(has_key, out, 0.0)  # (B, H, T, hd)
 
 
@@ -215,6 +226,7 @@ def fused_kernel(dtype, head_dim: int, platform: str | None = None) -> str:
     and float64). Benchmarks call it to fill their "kernel" column. ``platform`` defaults
     to JAX's default backend.
     """
+    check_dtype(dtype)
     if (platform or jax.default_backend()) != "gpu":
         return "xla"
     x = jnp.zeros((1, 8, 1, head_dim), dtype=dtype)  # (B, T, H, hd)
@@ -257,6 +269,7 @@ class MultiHeadAttention(nnx.Module):
         rope_interleaved: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
+        check_dtype(dtype)
         check_heads(d_model, n_heads, n_kv_heads, head_dim)
         backend_info(backend)  # ValueError naming the known backends
         self.n_heads = n_heads
@@ -339,17 +352,9 @@ class MultiHeadAttention(nnx.Module):
         return self.backend
 
 
-def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) -> None:
-    """A key padding mask is boolean (B, S), True = real key."""
-    if kind != "b" or shape != (b, s):
-        raise ValueError(
-            f"key_padding_mask must be boolean of shape (B, S) = ({b}, {s}), "
-            f"got dtype kind {kind!r} and shape {shape}"
-        )
-
-
 def linear(d_in: int, d_out: int, *, dtype=None, bias: bool = True, rngs: nnx.Rngs) -> nnx.Linear:
     """``nnx.Linear`` initialised as ``torch_impl`` does: Xavier-uniform kernel, zero bias (or none)."""
+    check_dtype(dtype)
     return nnx.Linear(
         d_in,
         d_out,
@@ -374,7 +379,8 @@ class RMSNorm(nnx.Module):
         acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
         y = x.astype(acc)
         y = y * jax.lax.rsqrt(jnp.mean(y**2, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...].astype(acc)).astype(x.dtype)
+        scale = self.scale[...].astype(acc).reshape((1,) * (x.ndim - 1) + (-1,))
+        return (y * scale).astype(x.dtype)
 
 
 def check_heads(d_model: int, n_heads: int, n_kv_heads: int | None, head_dim: int | None) -> None:

@@ -17,9 +17,10 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.attention import MultiHeadAttention, RMSNorm, linear
+from jax_impl.precision import check_dtype
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
-from shared.positional import rope_inverse_frequencies, sinusoidal
+from shared.positional import check_position_ids, rope_inverse_frequencies, sinusoidal
 
 __all__ = [
     "Embeddings",
@@ -27,7 +28,10 @@ __all__ = [
     "EncoderLayer",
     "FeedForward",
     "PatchEmbeddings",
+    "PatchProjection",
+    "TokenEmbeddings",
     "TransformerEncoder",
+    "pack_outputs",
 ]
 
 
@@ -51,6 +55,7 @@ def layer_norm(
     cfg: EncoderConfig, dtype, rngs: nnx.Rngs, *, width: int | None = None
 ) -> nnx.LayerNorm | RMSNorm:
     """The config's norm: LayerNorm (with a bias unless ``norm_bias=False``) or RMSNorm."""
+    check_dtype(dtype)
     if cfg.norm == "rms_norm":
         return RMSNorm(width or cfg.d_model, cfg.layer_norm_eps, dtype=dtype)
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
@@ -79,14 +84,15 @@ def _class_token(cfg: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Param:
     return nnx.Param(jax.random.normal(rngs.params(), shape, dtype or jnp.float32))
 
 
-class PatchEmbeddings(nnx.Module):
-    """ViT's front end: each P x P patch of a (B, C, H, W) image, flattened, times W + b.
+class PatchProjection(nnx.Module):
+    """ViT's patch projection: each P x P patch of a (B, C, H, W) image, flattened, times W + b.
 
     transformers writes it as a Conv2d with kernel = stride = P; that is this matmul. The
     weight is kept (C, P, P, D), as the checkpoint stores it.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.patch_size = cfg.patch_size
         c, p, d = cfg.num_channels, cfg.patch_size, cfg.d_model
         init = nnx.initializers.xavier_uniform()
@@ -103,24 +109,27 @@ class PatchEmbeddings(nnx.Module):
         return x @ self.weight[...].reshape(c * p * p, -1) + self.bias[None, None]  # (B, N, D)
 
 
-class Embeddings(nnx.Module):
-    """token + position (+ token type), then LayerNorm if ``embed_norm``, then dropout, then
-    a projection E -> D if ``embed_dim`` (ELECTRA; the tables are E wide, else D).
+class TokenEmbeddings(nnx.Module):
+    """A text model's front end: token + position (+ token type), then LayerNorm if
+    ``embed_norm``, then dropout, then a projection E -> D if ``embed_dim`` (ELECTRA; the
+    tables are E wide, else D).
 
     The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
     Sinusoidal positions extend past ``max_len``; learned ones cannot. Positions are
-    0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids.
+    0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids
+    (:meth:`position_ids`, the one place positions are computed), unless the call passes
+    ``position_ids`` (:meth:`positions`). With RoPE (``positional="rope"``) nothing is
+    added here: the positions rotate q and k in every layer.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.config = cfg
-        self.token = None if cfg.image_size else _embedding(cfg.vocab_size, cfg, dtype, rngs)
-        self.patch = PatchEmbeddings(cfg, dtype=dtype, rngs=rngs) if cfg.image_size else None
-        self.class_token = _class_token(cfg, dtype, rngs) if cfg.image_size else None
-        if cfg.positional == "learned":
-            self.position = _embedding(cfg.max_len, cfg, dtype, rngs)
-        else:
-            self.position = None
+        self.token = _embedding(cfg.vocab_size, cfg, dtype, rngs)
+        self.position = (
+            _embedding(cfg.max_len, cfg, dtype, rngs) if cfg.positional == "learned" else None
+        )
+        if cfg.positional == "sinusoidal":
             table = sinusoidal(cfg.max_len, cfg.embed_width)  # (max_len, E), float64
             table = jnp.asarray(table, dtype=dtype or jnp.float32)
             self.sinusoid = Constant(table)
@@ -133,50 +142,116 @@ class Embeddings(nnx.Module):
             linear(cfg.embed_dim, cfg.d_model, dtype=dtype, rngs=rngs) if cfg.embed_dim else None
         )
 
-    def positions(self, t: int) -> jax.Array:
-        """(T, D) position vectors for positions 0..T-1."""
-        if self.position is not None:
-            return self.position.embedding[:t]
-        if t <= self.sinusoid.shape[0]:
-            return self.sinusoid[:t]
-        table = sinusoidal(t, self.config.embed_width)
-        return jnp.asarray(table, dtype=self.sinusoid.dtype)
+    def position_ids(self, input_ids: jax.Array) -> jax.Array:
+        """(1, T) positions 0..T-1, or (B, T) RoBERTa's (with ``position_pad_id``): real
+        tokens count from pad + 1, pads sit at pad.
 
-    def padded_positions(self, input_ids: jax.Array) -> jax.Array:
-        """(B, T) RoBERTa's position ids: real tokens count from pad + 1, pads sit at pad.
-
-        Computed from the ids, as transformers does (not from the attention mask), so that
-        left padding and pads inside a sequence give the same positions as there.
+        RoBERTa's are computed from the ids, as transformers does (not from the attention
+        mask), so that left padding and pads inside a sequence give the same positions.
         """
         pad = self.config.position_pad_id
-        real = (input_ids != pad).astype(input_ids.dtype)  # (B, T)
+        if pad is None:
+            return jnp.arange(input_ids.shape[1])[None]  # (1, T)
+        real = (input_ids != pad).astype(jnp.int32)  # (B, T)
         return jnp.cumsum(real, axis=1) * real + pad
 
-    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
-        t = input_ids.shape[1]
+    def positions(self, input_ids: jax.Array, position_ids: jax.Array | None = None) -> jax.Array:
+        """(B|1, T) positions of a call: ``position_ids`` checked (integer (B, T) or (1, T),
+        in [0, max_len)), or :meth:`position_ids`' default."""
+        if position_ids is None:
+            return self.position_ids(input_ids)
+        check_position_ids(self.config, _values(position_ids), *input_ids.shape)
+        return _index(position_ids)
+
+    def position_vectors(self, position_ids: jax.Array) -> jax.Array:
+        """(B|1, T) positions -> (B|1, T, E) position vectors (learned, or the sinusoid)."""
+        if self.position is not None:
+            return self.position(position_ids)
+        table = self.sinusoid[...]
+        if position_ids.shape[-1] > table.shape[0]:  # the sinusoid extends past max_len
+            table = sinusoidal(position_ids.shape[-1], self.config.embed_width)
+            table = jnp.asarray(table, dtype=self.sinusoid.dtype)
+        return table[position_ids]
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        *,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        pixel_values: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """input_ids (B, T) -> ``(x (B, T, D), key_padding_mask (B, T) bool or None)``.
+
+        Checks the arguments (``shared.inputs``); ``pixel_values`` is an error here.
+        ``position_ids`` (B|1, T) replace the default positions (:meth:`positions`).
+        """
+        if pixel_values is not None or input_ids is None:
+            given = (input_ids, attention_mask, token_type_ids)
+            check_pixels(self.config, _values(pixel_values), **_given(given))
+        check_inputs(
+            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
+        )
+        input_ids = _index(input_ids)
         x = self.token(input_ids)  # (B, T, E)
-        if self.config.position_pad_id is None:
-            x = x + self.positions(t)[None]  # (B, T, E) + (1, T, E)
-        else:
-            x = x + self.position(self.padded_positions(input_ids))  # (B, T, E)
+        if self.config.positional != "rope":  # RoPE rotates q and k in the layers instead
+            x = x + self.position_vectors(self.positions(input_ids, position_ids))  # + (B|1, T, E)
         if self.token_type is not None:
-            types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            if token_type_ids is None:
+                types = jnp.zeros_like(input_ids)
+            else:
+                types = _index(token_type_ids)
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
         x = self.dropout(x)
         if self.project is not None:
             x = self.project(x)  # (B, T, E) -> (B, T, D)
-        return x
+        if attention_mask is None:
+            return x, None
+        return x, jnp.asarray(attention_mask).astype(bool)  # (B, T)
 
-    def from_pixels(self, pixel_values: jax.Array) -> jax.Array:
-        """ViT: (B, C, H, W) -> (B, 1 + N, D): the class token, then one token per patch,
-        plus learned positions over all 1 + N, then dropout (no LayerNorm, as ViT)."""
-        x = self.patch(pixel_values)  # (B, N, D)
+
+class PatchEmbeddings(nnx.Module):
+    """A ViT's front end: (B, C, H, W) -> (B, 1 + N, D): the class token, then one token per
+    patch (:class:`PatchProjection`), plus learned positions over all 1 + N, then dropout
+    (no LayerNorm, as ViT). No padding: the key padding mask is None.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        self.config = cfg
+        self.patch = PatchProjection(cfg, dtype=dtype, rngs=rngs)
+        self.class_token = _class_token(cfg, dtype, rngs)
+        self.position = _embedding(cfg.max_len, cfg, dtype, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        *,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        pixel_values: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+    ) -> tuple[jax.Array, None]:
+        """pixel_values (B, C, H, W) -> ``(x (B, 1 + N, D), None)``. Checks the arguments
+        (``shared.inputs``): the token arguments and ``position_ids`` are an error here."""
+        if position_ids is not None:
+            raise ValueError(
+                "position_ids are for text models; a ViT's positions are its patches "
+                "(expected position_ids=None)"
+            )
+        if pixel_values is not None:
+            pixel_values = jnp.asarray(pixel_values)
+        given = (input_ids, attention_mask, token_type_ids)
+        check_pixels(self.config, _values(pixel_values), **_given(given))
+        weight = self.patch.weight
+        x = self.patch(pixel_values.astype(weight.dtype))  # (B, N, D)
         cls = jnp.broadcast_to(self.class_token[None], (x.shape[0], 1, x.shape[-1]))  # (B, 1, D)
         x = jnp.concatenate([cls, x], axis=1)  # (B, 1 + N, D)
         x = x + self.position.embedding[None]  # (B, 1 + N, D) + (1, 1 + N, D)
-        return self.dropout(x)
+        return self.dropout(x), None
 
 
 class FeedForward(nnx.Module):
@@ -185,6 +260,7 @@ class FeedForward(nnx.Module):
     (GeGLU with gelu, SwiGLU with silu). Biases as ``mlp_bias`` / ``mlp_out_bias`` say."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.activation = cfg.activation
         d, f, bias = cfg.d_model, cfg.d_ff, cfg.mlp_bias
         self.gate_proj = linear(d, f, dtype=dtype, bias=bias, rngs=rngs) if cfg.gated_ffn else None
@@ -237,6 +313,7 @@ class EncoderLayer(nnx.Module):
         index: int = 0,
         rngs: nnx.Rngs,
     ) -> None:
+        check_dtype(dtype)
         self.norm_first = cfg.norm_first
         self.window = cfg.layer_window(index)
         self.attention = MultiHeadAttention(
@@ -301,6 +378,7 @@ class Encoder(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
+        check_dtype(dtype)
         self.layers = nnx.List(
             [
                 EncoderLayer(cfg, backend=backend, dtype=dtype, index=i, rngs=rngs)
@@ -349,6 +427,10 @@ class Encoder(nnx.Module):
 class TransformerEncoder(nnx.Module):
     """Embeddings, then the encoder stack. Starts in train mode (dropout on), like the PyTorch one.
 
+    The front end is chosen once, here: :class:`TokenEmbeddings` for a text model,
+    :class:`PatchEmbeddings` for a ViT (``image_size``); each checks its own arguments and
+    returns ``(x, key_padding_mask)``, and one call runs the rest.
+
     Args:
         cfg: the model's hyperparameters.
         backend: one of ``shared.backends.BACKENDS``: ``"math"`` (explicit attention), ``"fused"``
@@ -361,10 +443,10 @@ class TransformerEncoder(nnx.Module):
     def __init__(
         self, cfg: EncoderConfig, *, backend: str = "math", dtype=None, rngs: nnx.Rngs
     ) -> None:
-        if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
-            raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+        check_dtype(dtype)
         self.config = cfg
-        self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
+        embeddings = PatchEmbeddings if cfg.image_size else TokenEmbeddings
+        self.embeddings = embeddings(cfg, dtype=dtype, rngs=rngs)
         self.encoder = Encoder(cfg, backend=backend, dtype=dtype, rngs=rngs)
 
     def __call__(
@@ -374,6 +456,8 @@ class TransformerEncoder(nnx.Module):
         token_type_ids: jax.Array | None = None,
         *,
         pixel_values: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
@@ -385,6 +469,11 @@ class TransformerEncoder(nnx.Module):
             attention_mask: (B, T), 1/True = real token, 0/False = padding (keys only:
                 outputs at padded positions are computed and finite, but meaningless).
             token_type_ids: (B, T) segment ids; row 0 when omitted (if the config has types).
+            mask: general boolean attention mask (B|1, H|1, T|1, T), True = may attend;
+                combines (logical and) with ``attention_mask`` and ``is_causal``.
+            position_ids: (B, T) or (1, T) integer positions in [0, max_len) replacing the
+                default 0..T-1 (RoBERTa: counted from the ids): with left padding, pass them.
+                With RoPE they rotate q and k in every layer (Su et al. 2021).
             is_causal: position t attends only to positions <= t.
             return_attention: also return each layer's (B, H, T, T) attention weights.
             return_hidden_states: also return the N + 1 hidden states (embeddings, then each
@@ -395,66 +484,53 @@ class TransformerEncoder(nnx.Module):
         Returns:
             ``h``, or the tuple ``(h, attentions)``, ``(h, hidden_states)`` or
             ``(h, attentions, hidden_states)``, as requested.
-        """
-        if self.config.image_size or pixel_values is not None or input_ids is None:
-            return self._forward_pixels(
-                pixel_values,
-                given=(input_ids, attention_mask, token_type_ids),
-                is_causal=is_causal,
-                return_attention=return_attention,
-                return_hidden_states=return_hidden_states,
-            )
-        check_inputs(
-            self.config, _values(input_ids), _values(attention_mask), _values(token_type_ids)
-        )
-        input_ids = jnp.asarray(input_ids)
-        if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask)
-        if token_type_ids is not None:
-            token_type_ids = jnp.asarray(token_type_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
-        key_padding_mask = None if attention_mask is None else attention_mask.astype(bool)  # (B, T)
-        is_causal = is_causal or self.config.causal
-        x, attentions, hidden_states = self.encoder(
-            x,
-            key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
-            return_attention=return_attention,
-            return_hidden_states=return_hidden_states,
-        )
-        outputs = (x,)
-        if return_attention:
-            outputs += (attentions,)
-        if return_hidden_states:
-            outputs += (hidden_states,)
-        return outputs[0] if len(outputs) == 1 else outputs
 
-    def _forward_pixels(
-        self, pixel_values, *, given, is_causal, return_attention, return_hidden_states
-    ):
-        """The ViT path of :meth:`__call__`: no padding mask, no token arguments (``given``)."""
-        if pixel_values is not None:
-            pixel_values = jnp.asarray(pixel_values)
-        input_ids, attention_mask, token_type_ids = (a is not None for a in given)
-        check_pixels(
-            self.config,
-            _values(pixel_values),
-            input_ids=input_ids,
+        Raises:
+            ValueError (TypeError for a wrong dtype) naming the argument, expected and got.
+        """
+        x, key_padding_mask = self.embeddings(
+            input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
-        )
-        weight = self.embeddings.patch.weight
-        x = self.embeddings.from_pixels(pixel_values.astype(weight.dtype))
-        is_causal = is_causal or self.config.causal
+            pixel_values=pixel_values,
+            position_ids=position_ids,
+        )  # (B, T, D), (B, T) or None
+        positions = None
+        if self.config.positional == "rope":  # (B|1, T): they rotate q and k in each layer
+            positions = self.embeddings.positions(_index(input_ids), position_ids)
+        if mask is not None:
+            mask = jnp.asarray(mask)
         x, attentions, hidden_states = self.encoder(
             x,
-            is_causal=is_causal,
+            mask,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal or self.config.causal,
+            positions=positions,
             return_attention=return_attention,
             return_hidden_states=return_hidden_states,
         )
-        outputs = (x,) + ((attentions,) if return_attention else ())
-        outputs += (hidden_states,) if return_hidden_states else ()
-        return outputs[0] if len(outputs) == 1 else outputs
+        return pack_outputs(x, attentions, hidden_states)
+
+
+def pack_outputs(x, attentions, hidden_states):
+    """``x``, or the tuple of ``x`` and whichever of the two lists was asked for (not None)."""
+    outputs = (x, *(o for o in (attentions, hidden_states) if o is not None))
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _given(arguments) -> dict[str, bool]:
+    """Which token arguments a call gave, for ``check_pixels``."""
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    return {name: a is not None for name, a in zip(names, arguments, strict=True)}
+
+
+Embeddings = TokenEmbeddings  # the name before the ViT front end became its own module
+
+
+def _index(x) -> jax.Array:
+    """An integer argument (any integer dtype, values already checked) as
+    ``shared.inputs.INDEX_DTYPE``, int32: the same dtype in both frameworks."""
+    return jnp.asarray(x).astype(jnp.int32)
 
 
 def _values(x) -> np.ndarray | Spec | None:

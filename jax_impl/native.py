@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from jax_impl.encoder import layer_norm
+from jax_impl.precision import check_dtype
 from shared import layouts
 from shared.config import EncoderConfig
 
@@ -120,6 +121,7 @@ def native_attention(
     ``broadcast_dropout=False`` drops each weight independently, as PyTorch does (Flax's
     default shares one dropout mask across batch and heads).
     """
+    check_dtype(dtype)
     return nnx.MultiHeadAttention(
         num_heads=n_heads,
         in_features=d_model,
@@ -140,6 +142,7 @@ class NativeEncoderLayer(nnx.Module):
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.norm_first = cfg.norm_first
         self.activation = native_activation(cfg.activation)
         self.self_attn = native_attention(
@@ -178,6 +181,7 @@ class NativeEncoder(nnx.Module):
     """PyTorch's ``nn.TransformerEncoder``: N layers, then ``norm`` if ``cfg.final_norm``."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
+        check_dtype(dtype)
         self.layers = nnx.List(
             [NativeEncoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layers)]
         )

@@ -6,6 +6,9 @@ Mirrors ``torch_impl/parallel.py``. Three steps, as in PyTorch::
     parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
     h = model(parallel.place_batch(input_ids, mesh))  # the global batch, split over "data"
 
+``export_weights`` and ``save`` are ``jax_impl``'s own (they work on sharded models too),
+re-exported here.
+
 ``parallelize`` gives every ``nnx.Param`` the ``NamedSharding`` that ``shared/parallel.py``
 names for it (parameters outside the encoder, such as a task head, are replicated); ``jit``
 and the compiler's sharding propagation do the rest (the mesh's axes are ``AxisType.Auto``).
@@ -27,12 +30,10 @@ import os
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jax_impl.encoder import TransformerEncoder
-from jax_impl.weights import from_weights, parameter_table
-from shared import layouts
+from jax_impl.weights import export_weights, from_weights, parameter_table, save
 from shared import parallel as plan
 from shared import weights as v1
 
@@ -87,26 +88,6 @@ def place_batch(batch, mesh: Mesh):
         return jax.device_put(x, sharding)
 
     return jax.tree.map(place, batch)
-
-
-def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
-    """Full format-v1 arrays of a sharded (or unsharded) model, exact, on every process."""
-    out = {}
-    for name, param, layout in parameter_table(model):
-        x = param.get_value()
-        if not x.is_fully_addressable:  # several hosts: every process takes part
-            x = multihost_utils.process_allgather(x, tiled=True)
-        a = np.asarray(x.astype(np.float32) if x.dtype.itemsize < 4 else x)
-        (a,) = layouts.LAYOUTS[layout].split(a, 1)
-        out[name] = np.array(a, order="C")
-    return out
-
-
-def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
-    """One format-v1 file, written once (by process 0), atomically. Every process calls it."""
-    weights = export_weights(model)
-    if jax.process_index() == 0:
-        v1.save_file(path, weights, model.config)
 
 
 def load(

@@ -4,6 +4,10 @@ Parity needs true float32 matmuls. JAX's default precision is TF32 on recent NVI
 bfloat16 passes on TPUs (``"highest"`` stops both); PyTorch computes float32 unless TF32 is
 allowed, so tests, benchmarks and examples set both frameworks through these two helpers.
 
+:func:`check_dtype` is the one check every constructor and function of ``jax_impl`` that
+takes a ``dtype`` makes first: JAX without ``jax_enable_x64`` silently makes float64 arrays
+float32, so such a request is refused rather than honoured in half.
+
 Modes: ``"float32"`` (``jax_default_matmul_precision="highest"``), ``"tf32"``
 (``"tensorfloat32"``, for benchmarks that compare both frameworks at TF32), ``"default"``
 (the platform's own default, ``None``).
@@ -15,8 +19,9 @@ import contextlib
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["MODES", "matmul_precision", "set_matmul_precision", "settings"]
+__all__ = ["MODES", "check_dtype", "matmul_precision", "set_matmul_precision", "settings"]
 
 MODES = ("float32", "tf32", "default")
 _CONFIG = {"float32": "highest", "tf32": "tensorfloat32", "default": None}
@@ -43,3 +48,20 @@ def matmul_precision(mode: str = "float32") -> Iterator[dict[str, object]]:
         yield set_matmul_precision(mode)
     finally:
         jax.config.update("jax_default_matmul_precision", saved["jax_default_matmul_precision"])
+
+
+def check_dtype(dtype) -> None:
+    """Raise ``ValueError`` for a 64-bit ``dtype`` (float64) while ``jax_enable_x64`` is off.
+
+    Without x64, JAX builds float32 parameters for ``dtype=jnp.float64`` and computes in
+    float32 without a word (1e-7 from float64 where PyTorch gives 1e-16). ``None`` (the
+    float32 default) and 32- and 16-bit dtypes pass.
+    """
+    if dtype is None or jax.config.jax_enable_x64:
+        return
+    dtype = jnp.dtype(dtype)
+    if dtype.itemsize == 8:
+        raise ValueError(
+            f"dtype {dtype.name} needs jax.config.update('jax_enable_x64', True) first "
+            f"(without it JAX computes in {dtype.name[:-2]}32)"
+        )

@@ -31,7 +31,7 @@ from flax import nnx
 
 from jax_impl.attention import linear
 from jax_impl.encoder import TransformerEncoder
-from jax_impl.weights import export_weights, import_weights
+from jax_impl.weights import export_weights, import_weights, to_numpy
 from shared.config import EncoderConfig
 from shared.data import Batch, TaskConfig, count_targets
 from shared.training import (
@@ -110,8 +110,8 @@ def build_model(
 def export_task_weights(model: SequenceClassifier | TokenTagger) -> dict[str, np.ndarray]:
     """The encoder's format-v1 weights plus ``head.weight`` (D, C) and ``head.bias`` (C,)."""
     weights = export_weights(model.encoder)  # copies, not views of the live parameters
-    weights["head.weight"] = np.array(model.head.kernel[...])  # already (in, out)
-    weights["head.bias"] = np.array(model.head.bias[...])
+    weights["head.weight"] = to_numpy(model.head.kernel[...]).copy()  # already (in, out)
+    weights["head.bias"] = to_numpy(model.head.bias[...]).copy()
     return weights
 
 

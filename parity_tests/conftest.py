@@ -18,6 +18,7 @@ import torch
 
 import jax_impl.precision
 import torch_impl.precision
+from parity_tests.helpers import tiny_config
 
 # Parity needs true float32 matmuls: JAX defaults to TF32 on recent NVIDIA GPUs and to
 # bfloat16 passes on TPU; PyTorch may allow TF32. Strict JAX catches silent promotions.
@@ -76,3 +77,10 @@ def _jax_default_device(device: str):
     """Put every JAX array of a test on the device under test."""
     with jax.default_device(jax.devices(device)[0]):
         yield
+
+
+@pytest.fixture
+def make_config():
+    """The factory of tiny test configs: ``make_config(n_layers=1)`` (``helpers.tiny_config``;
+    module-level tables of configs call that function directly)."""
+    return tiny_config

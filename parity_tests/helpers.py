@@ -12,10 +12,18 @@ import torch
 
 import jax_impl
 import torch_impl
-from shared import EncoderConfig, reference
+from shared import EncoderConfig, layouts, reference
 
-TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-JAX_DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+TORCH_DTYPES = torch_impl.DTYPES
+JAX_DTYPES = jax_impl.DTYPES
+
+
+TINY = dict(vocab_size=32, d_model=16, n_heads=4, d_ff=32, n_layers=2, max_len=16, dropout=0.0)
+
+
+def tiny_config(**fields) -> EncoderConfig:
+    """A tiny config for tests (D=16, 4 heads, 2 layers, no dropout), ``fields`` changed."""
+    return EncoderConfig(**(TINY | fields))
 
 
 @contextlib.contextmanager
@@ -50,11 +58,10 @@ def make_inputs(cfg: EncoderConfig, batch: int, seq_len: int, *, seed: int = 0, 
 
 
 def to_numpy(x) -> np.ndarray:
+    """A tensor or array of either framework as NumPy (bfloat16 as float32)."""
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
-    x = jnp.asarray(x)
-    return np.asarray(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x)
+        return torch_impl.to_numpy(x)
+    return jax_impl.to_numpy(jnp.asarray(x))
 
 
 def build_pair(
@@ -92,12 +99,22 @@ def random_weights(cfg: EncoderConfig, seed: int = 0):
     return reference.init_weights(cfg, seed)
 
 
-# --- forward + backward through the stack, with a general mask ---------------------------
+# --- forward + backward through the model's call, with a general mask ------------------
 #
-# The grid tests run embeddings -> encoder stack with a general boolean mask (B|1, H|1, T, T),
+# The grid tests call the model as users do, with a general boolean ``mask=`` (B|1, H|1, T, T),
 # so that every mask kind, including custom per-head masks, goes through the same path. The
 # loss is <h, probe> for a fixed random probe, so every parameter gets a non-trivial gradient.
-# The embedding output gets ``+ offset`` (zeros) so that d loss / d embeddings is d loss / d offset.
+# The embeddings' output gets ``+ offset`` (zeros) so that d loss / d embeddings is
+# d loss / d offset: a forward hook in PyTorch, a wrapped front end in JAX.
+
+
+def _call_masks(masks: dict | None) -> dict:
+    """``key_padding_mask`` (B, T) and ``is_causal`` as the model's call takes them."""
+    masks = dict(masks or {})
+    return {
+        "attention_mask": masks.get("key_padding_mask"),
+        "is_causal": masks.get("is_causal", False),
+    }
 
 
 def torch_forward_backward(
@@ -105,9 +122,9 @@ def torch_forward_backward(
 ) -> dict:
     """Outputs, per-layer states, attention weights (if ``attention``; asking for them runs the
     math path even on the fused backend) and gradients of ``<h, probe>``, as NumPy.
-    ``masks``: extra encoder keywords (``key_padding_mask`` as NumPy, ``is_causal``)."""
-    device = next(model.parameters()).device
-    dtype = model.embeddings.token.weight.dtype
+    ``masks``: ``key_padding_mask`` (B, T) as NumPy, ``is_causal``."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
 
     def t(a, dt=None):
         return None if a is None else torch.as_tensor(a, device=device, dtype=dt)
@@ -115,18 +132,25 @@ def torch_forward_backward(
     model.zero_grad(set_to_none=True)
     offset = torch.zeros(*ids.shape, model.config.d_model, dtype=dtype, device=device)
     offset.requires_grad_(True)
-    x = model.embeddings(t(ids), t(types)) + offset  # (B, T, D)
-    extra = dict(masks or {})
-    if extra.get("key_padding_mask") is not None:
-        extra["key_padding_mask"] = t(extra["key_padding_mask"], torch.bool)
-    h, attn, hidden = model.encoder(
-        x, t(mask4d), return_attention=attention, return_hidden_states=True, **extra
-    )
+    shift = model.embeddings.register_forward_hook(lambda _, __, out: (out[0] + offset, out[1]))
+    try:
+        call = _call_masks(masks)
+        h, *rest = model(
+            t(ids),
+            t(call["attention_mask"]),
+            t(types),
+            mask=t(mask4d),
+            is_causal=call["is_causal"],
+            return_attention=attention,
+            return_hidden_states=True,
+        )
+    finally:
+        shift.remove()
+    attn, hidden = rest if attention else (None, rest[0])
     (h * t(probe, dtype)).sum().backward()
-    grads = {
-        name: to_numpy(p.grad.T if layout == "transpose" else p.grad)
-        for name, p, layout in torch_impl.parameter_table(model)
-    }
+    params = dict(model.named_parameters())
+    table = torch_impl.rows(model)
+    grads = layouts.from_outside(table, {path: to_numpy(params[path].grad) for path, _, _ in table})
     return {
         "h": to_numpy(h),
         "attentions": [to_numpy(a) for a in attn or []],
@@ -134,6 +158,17 @@ def torch_forward_backward(
         "grads": grads,
         "grad_embeddings": to_numpy(offset.grad),
     }
+
+
+class _Shifted:
+    """A front end whose output ``x`` comes back as ``x + offset`` (the JAX twin of the hook)."""
+
+    def __init__(self, embeddings, offset):
+        self.embeddings, self.offset = embeddings, offset
+
+    def __call__(self, *args, **kwargs):
+        x, key_padding_mask = self.embeddings(*args, **kwargs)
+        return x + self.offset, key_padding_mask
 
 
 def jax_forward_backward(
@@ -151,20 +186,25 @@ def jax_forward_backward(
     from flax import nnx
 
     with jax_dtype_scope(dtype):
-        jdtype = JAX_DTYPES[dtype]
+        jdtype = jax_impl.DTYPES[dtype]
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         mask = None if mask4d is None else jnp.asarray(mask4d)
         probe = jnp.asarray(probe, dtype=jdtype)
-        extra = dict(masks or {})
-        if extra.get("key_padding_mask") is not None:
-            extra["key_padding_mask"] = jnp.asarray(extra["key_padding_mask"], dtype=bool)
+        call = _call_masks(masks)
 
         def loss(params, offset):
             m = nnx.merge(graphdef, params, rest)
-            x = m.embeddings(jnp.asarray(ids), None if types is None else jnp.asarray(types))
-            h, attn, hidden = m.encoder(
-                x + offset, mask, return_attention=attention, return_hidden_states=True, **extra
+            m.embeddings = _Shifted(m.embeddings, offset)
+            h, *outputs = m(
+                jnp.asarray(ids),
+                call["attention_mask"],
+                None if types is None else jnp.asarray(types),
+                mask=mask,
+                is_causal=call["is_causal"],
+                return_attention=attention,
+                return_hidden_states=True,
             )
+            attn, hidden = outputs if attention else (None, outputs[0])
             return (h * probe).sum(), (h, attn, hidden)
 
         offset = jnp.zeros((*ids.shape, model.config.d_model), dtype=jdtype)

@@ -11,21 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 import torch_impl
 import torch_impl.precision
 import torch_impl.train as tt
-from parity_tests.helpers import make_inputs, random_weights
-from shared import EncoderConfig
+from parity_tests.helpers import make_inputs, random_weights, tiny_config
+from shared import layouts
 from shared.data import Dataset, TaskConfig
-from shared.layouts import LAYOUTS
 from shared.training import TrainConfig
 from torch_impl import parallel
 
-CFG = EncoderConfig(
-    vocab_size=32, d_model=16, n_heads=4, d_ff=32, n_layers=2, max_len=16, dropout=0.0
-)
+CFG = tiny_config()
 TRAIN = TrainConfig(learning_rate=3e-3, warmup_steps=2, total_steps=20, max_grad_norm=0.5)
 TASK = TaskConfig(task="first_last", vocab_size=CFG.vocab_size, seq_len=8)
 BATCH = 4
@@ -50,23 +46,18 @@ def forward_and_gradients(rank: int, folder: str, data: int, model: int, fsdp: b
         Path(folder) / f"forward-{rank}.npz",
         data_rank=mesh["data"].get_local_rank(),
         model_rank=mesh["model"].get_local_rank(),  # attention: this rank's H / M heads
-        h=_whole(h).detach().numpy(),
-        **{f"attention{i}": _whole(a).detach().numpy() for i, a in enumerate(attentions)},
+        h=torch_impl.to_numpy(h),
+        **{f"attention{i}": torch_impl.to_numpy(a) for i, a in enumerate(attentions)},
     )
     sharded.train()  # dropout is 0: the same numbers, and FSDP/DDP hooks run as in training
     loss = sharded(ids, mask).square().mean()  # this rank's share: DDP/FSDP average the ranks
     loss.backward()
-    grads = {}
-    for name, param, layout in torch_impl.parameter_table(sharded):
-        g = _whole(param.grad).numpy()
-        (grads[name],) = LAYOUTS[layout].split(g, 1)
+    params = dict(sharded.named_parameters())
+    table = torch_impl.rows(sharded)  # (module path, (format-v1 name,), layout)
+    arrays = {path: torch_impl.to_numpy(params[path].grad) for path, _, _ in table}
+    grads = layouts.from_outside(table, arrays)
     if rank == 0:
         np.savez(Path(folder) / "gradients.npz", **grads)
-
-
-def _whole(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor gathered (a collective: every rank calls it), or the tensor itself."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def task_model() -> tt.SequenceClassifier:
@@ -89,9 +80,9 @@ def train_ten_steps(rank: int, folder: str, data: int, model: int, fsdp: bool) -
         mean = torch.tensor(loss)  # each rank's mean over its rows, equal row counts
         dist.all_reduce(mean, op=dist.ReduceOp.AVG)  # read back for the test only
         losses.append(float(mean))
-    weights = parallel.export_weights(trainer.model.encoder)
-    weights["head.weight"] = _whole(trainer.model.head.weight.detach()).numpy().T
-    weights["head.bias"] = _whole(trainer.model.head.bias.detach()).numpy()
+    weights = torch_impl.export_weights(trainer.model.encoder)  # sharded: every rank calls it
+    weights["head.weight"] = torch_impl.to_numpy(trainer.model.head.weight).T
+    weights["head.bias"] = torch_impl.to_numpy(trainer.model.head.bias)
     if rank == 0:
         np.savez(Path(folder) / "train.npz", losses=np.array(losses), **weights)
 
@@ -101,11 +92,11 @@ def save_sharded(rank: int, folder: str, data: int, model: int, fsdp: bool) -> N
     mesh and exported back."""
     mesh = parallel.make_mesh(data=data, model=model)
     sharded = torch_impl.from_weights(random_weights(CFG, seed=6), CFG)
-    parallel.save(
+    torch_impl.save(
         parallel.parallelize(sharded, mesh, fsdp=fsdp), Path(folder) / "sharded.safetensors"
     )
     on_mesh = parallel.load(Path(folder) / "one.safetensors", mesh, fsdp=fsdp)
-    back = parallel.export_weights(on_mesh)
+    back = torch_impl.export_weights(on_mesh)
     if rank == 0:
         np.savez(Path(folder) / "loaded.npz", **back)
 

@@ -22,7 +22,7 @@ from flax import nnx
 
 import jax_impl
 import torch_impl
-from parity_tests.helpers import build_pair, random_weights, to_numpy
+from parity_tests.helpers import build_pair, random_weights, tiny_config, to_numpy
 from shared import BACKENDS, EncoderConfig, reference
 from shared.inputs import Spec, check_inputs
 from shared.tolerances import assert_close, tolerance
@@ -30,9 +30,7 @@ from shared.tolerances import assert_close, tolerance
 # ---------------------------------------------------------------------------------------------
 # EncoderConfig
 
-BASE = EncoderConfig(
-    vocab_size=20, d_model=8, n_heads=2, d_ff=16, n_layers=1, max_len=8, dropout=0.0
-)
+BASE = tiny_config(vocab_size=20, d_model=8, n_heads=2, d_ff=16, n_layers=1, max_len=8)
 
 
 def _via_constructor(**fields):
@@ -121,7 +119,10 @@ def test_invalid_config_value_names_the_field_the_value_and_the_rule(make, field
 def test_unknown_field_in_from_dict_is_named_with_the_known_ones():
     with pytest.raises(ValueError, match=re.escape("unknown EncoderConfig field(s) ['num_heads']")):
         EncoderConfig.from_dict({"d_model": 64, "num_heads": 4})
-    with pytest.raises(ValueError, match=re.escape("known: ['activation', 'attention_bias', 'attn_head_dim', 'causal'")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("known: ['activation', 'attention_bias', 'attn_head_dim', 'causal'"),
+    ):
         EncoderConfig.from_dict({"num_heads": 4})
 
 

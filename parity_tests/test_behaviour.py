@@ -20,13 +20,11 @@ from flax import nnx
 
 import jax_impl
 import torch_impl
-from parity_tests.helpers import random_weights, to_numpy
+from parity_tests.helpers import random_weights, tiny_config, to_numpy
 from shared import EncoderConfig
 from shared.tolerances import assert_close, tolerance
 
-POST = EncoderConfig(
-    vocab_size=30, d_model=16, n_heads=4, d_ff=32, n_layers=2, max_len=16, dropout=0.0
-)
+POST = tiny_config(vocab_size=30)
 # Everything else switched on: pre-norm, learned positions, token types, both extra norms.
 PRE = POST.replace(
     norm_first=True,

@@ -32,10 +32,12 @@ from parity_tests.helpers import (
     random_weights,
     run_jax,
     run_torch,
+    tiny_config,
     to_numpy,
 )
 from shared import EncoderConfig
 from shared import weights as v1
+from shared.frameworks import IMPLS
 from shared.tolerances import assert_close, tolerance
 
 # Every optional tensor present (learned positions, token types, embedding norm, final norm);
@@ -56,17 +58,10 @@ FULL = EncoderConfig(
     final_norm=True,
 )
 # No optional tensor: sinusoidal positions (not stored), post-norm.
-PLAIN = EncoderConfig(
-    vocab_size=40, d_model=16, n_heads=2, d_ff=24, n_layers=2, max_len=12, dropout=0.0
-)
+PLAIN = tiny_config(vocab_size=40, n_heads=2, d_ff=24, max_len=12)
 CONFIGS = [pytest.param(FULL, id="full"), pytest.param(PLAIN, id="plain")]
 
 FRAMEWORKS = ("torch", "jax")
-SAVE = {"torch": torch_impl.save, "jax": jax_impl.save}
-LOAD = {"torch": torch_impl.load, "jax": jax_impl.load}
-EXPORT = {"torch": torch_impl.export_weights, "jax": jax_impl.export_weights}
-IMPORT = {"torch": torch_impl.import_weights, "jax": jax_impl.import_weights}
-FROM_WEIGHTS = {"torch": torch_impl.from_weights, "jax": jax_impl.from_weights}
 
 
 def _other(framework: str) -> str:
@@ -143,15 +138,19 @@ def test_round_trip_through_both_frameworks_and_two_files_is_bit_exact(tmp_path,
     for bit (float32 all the way: nothing is rounded, only copied and transposed)."""
     other = _other(start)
     weights = random_weights(cfg, seed=1)
-    first = FROM_WEIGHTS[start](weights, cfg)
-    SAVE[start](first, tmp_path / "a.safetensors")
-    middle = LOAD[other](tmp_path / "a.safetensors")
-    SAVE[other](middle, tmp_path / "b.safetensors")
-    last = LOAD[start](tmp_path / "b.safetensors")
+    first = IMPLS[start].from_weights(weights, cfg)
+    IMPLS[start].save(first, tmp_path / "a.safetensors")
+    middle = IMPLS[other].load(tmp_path / "a.safetensors")
+    IMPLS[other].save(middle, tmp_path / "b.safetensors")
+    last = IMPLS[start].load(tmp_path / "b.safetensors")
 
-    _assert_bit_identical(EXPORT[start](first), weights, f"{start} model")
-    _assert_bit_identical(EXPORT[other](middle), weights, f"{other} model loaded from {start}")
-    _assert_bit_identical(EXPORT[start](last), weights, f"{start} model after the round trip")
+    _assert_bit_identical(IMPLS[start].export_weights(first), weights, f"{start} model")
+    _assert_bit_identical(
+        IMPLS[other].export_weights(middle), weights, f"{other} model loaded from {start}"
+    )
+    _assert_bit_identical(
+        IMPLS[start].export_weights(last), weights, f"{start} model after the round trip"
+    )
     # Both files hold the same tensors and metadata. (Not the same bytes: safetensors writes
     # the metadata map in hash order, which varies from call to call.)
     tensors_a, metadata_a = _read(tmp_path / "a.safetensors")
@@ -167,9 +166,9 @@ def test_round_trip_through_both_frameworks_and_two_files_is_bit_exact(tmp_path,
 @pytest.mark.parametrize("saver", FRAMEWORKS)
 def test_checkpoint_saved_by_one_framework_loads_in_the_other(tmp_path, cfg, saver, device):
     loader = _other(saver)
-    model = FROM_WEIGHTS[saver](random_weights(cfg, seed=3), cfg)
-    SAVE[saver](model, tmp_path / "model.safetensors")
-    loaded = LOAD[loader](tmp_path / "model.safetensors")
+    model = IMPLS[saver].from_weights(random_weights(cfg, seed=3), cfg)
+    IMPLS[saver].save(model, tmp_path / "model.safetensors")
+    loaded = IMPLS[loader].load(tmp_path / "model.safetensors")
     assert loaded.config == cfg
 
     ids, mask, types = make_inputs(cfg, 3, 9, seed=4, pad="some")
@@ -185,10 +184,10 @@ def test_checkpoint_saved_by_one_framework_loads_in_the_other(tmp_path, cfg, sav
 def test_loaded_model_is_in_eval_mode(tmp_path, framework):
     """``load`` returns a model ready for inference (documented): dropout off."""
     cfg = PLAIN.replace(dropout=0.5)
-    SAVE[framework](
-        FROM_WEIGHTS[framework](random_weights(cfg, 5), cfg), tmp_path / "m.safetensors"
+    IMPLS[framework].save(
+        IMPLS[framework].from_weights(random_weights(cfg, 5), cfg), tmp_path / "m.safetensors"
     )
-    loaded = LOAD[framework](tmp_path / "m.safetensors")
+    loaded = IMPLS[framework].load(tmp_path / "m.safetensors")
     ids, _, _ = make_inputs(cfg, 2, 6, seed=6)
     assert np.array_equal(_run(framework, loaded, ids), _run(framework, loaded, ids))
 
@@ -201,12 +200,13 @@ def test_loaded_model_is_in_eval_mode(tmp_path, framework):
 @pytest.mark.parametrize("saver", FRAMEWORKS)
 def test_file_holds_format_and_config_metadata_and_the_v1_tensor_table(tmp_path, cfg, saver):
     path = tmp_path / "model.safetensors"
-    SAVE[saver](FROM_WEIGHTS[saver](random_weights(cfg, 7), cfg), path)
+    IMPLS[saver].save(IMPLS[saver].from_weights(random_weights(cfg, 7), cfg), path)
     tensors, metadata = _read(path)
     assert set(metadata) == {"format", "config"}
     assert metadata["format"] == "twin-encoder/1"
     # format 1 holds the format-1 fields only: older readers reject fields they do not know
-    v1_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in v1.FORMAT_2_FIELDS}
+    newer = {**v1.FORMAT_2_FIELDS, **v1.FORMAT_3_FIELDS}
+    v1_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in newer}
     assert json.loads(metadata["config"]) == v1_fields
     assert {k: v.shape for k, v in tensors.items()} == _v1_names(cfg)
     assert {v.dtype for v in tensors.values()} == {np.dtype(np.float32)}
@@ -294,7 +294,7 @@ def test_loading_a_file_with_a_bad_tensor_names_the_key_and_shapes(
     mutate(tensors)
     _write(tmp_path / "bad.safetensors", tensors, _metadata(FULL))
     with pytest.raises(v1.CheckpointError, match=re.escape(message)):
-        LOAD[loader](tmp_path / "bad.safetensors")
+        IMPLS[loader].load(tmp_path / "bad.safetensors")
 
 
 def test_checkpoint_error_is_a_value_error():
@@ -342,7 +342,7 @@ def test_metadata_config_that_disagrees_with_the_tensors_is_rejected(
         tmp_path / "bad.safetensors", random_weights(FULL, 11), _metadata(FULL.replace(**changes))
     )
     with pytest.raises(v1.CheckpointError, match="disagree") as info:
-        LOAD[loader](tmp_path / "bad.safetensors")
+        IMPLS[loader].load(tmp_path / "bad.safetensors")
     assert message in str(info.value)
 
 
@@ -352,8 +352,9 @@ def _cfg_json(**changes) -> str:
 
 FORMAT_DEFECTS = [
     pytest.param(
-        {"format": "twin-encoder/3", "config": _cfg_json()},
-        "metadata 'format' is 'twin-encoder/3', expected 'twin-encoder/1' or 'twin-encoder/2'",
+        {"format": "twin-encoder/4", "config": _cfg_json()},
+        "metadata 'format' is 'twin-encoder/4', expected 'twin-encoder/1', 'twin-encoder/2' "
+        "or 'twin-encoder/3'",
         id="newer_format",
     ),
     pytest.param(
@@ -393,7 +394,7 @@ def test_wrong_or_missing_format_and_config_metadata_is_rejected(
 ):
     _write(tmp_path / "bad.safetensors", random_weights(FULL, 12), metadata)
     with pytest.raises(v1.CheckpointError, match=re.escape(message)):
-        LOAD[loader](tmp_path / "bad.safetensors")
+        IMPLS[loader].load(tmp_path / "bad.safetensors")
 
 
 @pytest.mark.parametrize("loader", FRAMEWORKS)
@@ -409,7 +410,7 @@ def test_wrong_or_missing_format_and_config_metadata_is_rejected(
 def test_a_file_that_is_not_safetensors_is_rejected(tmp_path, loader, content):
     (tmp_path / "model.safetensors").write_bytes(content)
     with pytest.raises(v1.CheckpointError, match="is not a readable safetensors file"):
-        LOAD[loader](tmp_path / "model.safetensors")
+        IMPLS[loader].load(tmp_path / "model.safetensors")
 
 
 class _OpensMarkerWhenUnpickled:
@@ -437,7 +438,7 @@ def test_a_pickle_is_never_unpickled(tmp_path, loader, writer):
     else:  # a PyTorch .pt/.bin checkpoint: a zip archive holding a pickle
         torch.save({"model": _OpensMarkerWhenUnpickled(str(marker))}, path)
     with pytest.raises(v1.CheckpointError, match="is not a readable safetensors file"):
-        LOAD[loader](path)
+        IMPLS[loader].load(path)
     assert not marker.exists(), "the loader unpickled the file"
 
 
@@ -465,17 +466,17 @@ def _cut_point(data: bytes, where: str) -> int:
 )
 def test_a_truncated_file_is_rejected(tmp_path, loader, where):
     good = tmp_path / "good.safetensors"
-    SAVE[loader](FROM_WEIGHTS[loader](random_weights(FULL, 14), FULL), good)
+    IMPLS[loader].save(IMPLS[loader].from_weights(random_weights(FULL, 14), FULL), good)
     data = good.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: _cut_point(data, where)])
     with pytest.raises(v1.CheckpointError, match="is not a readable safetensors file"):
-        LOAD[loader](tmp_path / "cut.safetensors")
+        IMPLS[loader].load(tmp_path / "cut.safetensors")
 
 
 @pytest.mark.parametrize("loader", FRAMEWORKS)
 def test_a_missing_file_raises_file_not_found_naming_the_path(tmp_path, loader):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.safetensors"))):
-        LOAD[loader](tmp_path / "nope.safetensors")
+        IMPLS[loader].load(tmp_path / "nope.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,22 +513,24 @@ def test_a_failed_save_leaves_no_file_and_keeps_the_old_checkpoint(
 ):
     path = tmp_path / "model.safetensors"
     if existing:
-        SAVE[framework](FROM_WEIGHTS[framework](random_weights(PLAIN, 15), PLAIN), path)
+        IMPLS[framework].save(IMPLS[framework].from_weights(random_weights(PLAIN, 15), PLAIN), path)
         before = path.read_bytes()
-    newer = FROM_WEIGHTS[framework](random_weights(PLAIN, 16), PLAIN)
+    newer = IMPLS[framework].from_weights(random_weights(PLAIN, 16), PLAIN)
     if where == "writer":
         monkeypatch.setattr(safetensors.numpy, "save_file", _writer_that_fails(exc))
     else:
         monkeypatch.setattr(os, "replace", _rename_that_fails)
     with pytest.raises(type(exc)):
-        SAVE[framework](newer, path)
+        IMPLS[framework].save(newer, path)
     monkeypatch.undo()
 
     assert sorted(os.listdir(tmp_path)) == (["model.safetensors"] if existing else [])
     if existing:
         assert path.read_bytes() == before
         _assert_bit_identical(
-            EXPORT[framework](LOAD[framework](path)), random_weights(PLAIN, 15), "old"
+            IMPLS[framework].export_weights(IMPLS[framework].load(path)),
+            random_weights(PLAIN, 15),
+            "old",
         )
 
 
@@ -557,12 +560,12 @@ def test_export_of_a_bfloat16_model_gives_float32_arrays_holding_the_bf16_values
     tm, jm = build_pair(FULL, weights, dtype="bfloat16")
     assert tm.encoder.layers[0].ffn.in_proj.weight.dtype == torch.bfloat16
     for framework, model in (("torch", tm), ("jax", jm)):
-        exported = EXPORT[framework](model)
+        exported = IMPLS[framework].export_weights(model)
         _assert_bit_identical(
             exported, {k: _bf16_rounded(v) for k, v in weights.items()}, f"{framework} bf16"
         )
         with jax_dtype_scope("bfloat16"):
-            SAVE[framework](model, tmp_path / f"{framework}.safetensors")
+            IMPLS[framework].save(model, tmp_path / f"{framework}.safetensors")
         tensors, _ = _read(tmp_path / f"{framework}.safetensors")
         assert {v.dtype for v in tensors.values()} == {np.dtype(np.float32)}
 
@@ -586,9 +589,11 @@ def test_import_casts_other_float_dtypes_to_a_float32_model(framework, source):
     weights = {
         k: (v.astype(np.float64) / 3).astype(source) for k, v in random_weights(FULL, 21).items()
     }
-    model = FROM_WEIGHTS[framework](weights, FULL)
+    model = IMPLS[framework].from_weights(weights, FULL)
     expected = {k: v.astype(np.float32) for k, v in weights.items()}
-    _assert_bit_identical(EXPORT[framework](model), expected, f"{framework} from {source.__name__}")
+    _assert_bit_identical(
+        IMPLS[framework].export_weights(model), expected, f"{framework} from {source.__name__}"
+    )
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -597,8 +602,8 @@ def test_float64_checkpoint_loads_into_a_float64_model_without_rounding(tmp_path
     v1.save_file(tmp_path / "f64.safetensors", weights, PLAIN)
     with jax_dtype_scope("float64"):
         dtype = torch.float64 if framework == "torch" else np.float64
-        model = LOAD[framework](tmp_path / "f64.safetensors", dtype=dtype)
-        exported = EXPORT[framework](model)
+        model = IMPLS[framework].load(tmp_path / "f64.safetensors", dtype=dtype)
+        exported = IMPLS[framework].export_weights(model)
     for name, value in weights.items():
         assert exported[name].dtype == np.float64, name
         assert np.array_equal(exported[name], value), name
@@ -642,23 +647,23 @@ def test_float64_checkpoint_loads_into_a_float64_model_without_rounding(tmp_path
 def test_import_into_a_model_of_another_config_names_the_key(framework, model_changes, message):
     weights = random_weights(FULL, 23)
     other_cfg = FULL.replace(**model_changes)
-    model = FROM_WEIGHTS[framework](random_weights(other_cfg, 24), other_cfg)
-    before = EXPORT[framework](model)
+    model = IMPLS[framework].from_weights(random_weights(other_cfg, 24), other_cfg)
+    before = IMPLS[framework].export_weights(model)
     with pytest.raises(v1.CheckpointError, match=re.escape(message)):
-        IMPORT[framework](model, weights)
+        IMPLS[framework].import_weights(model, weights)
     # Validation runs before any copy: the model keeps every one of its old weights.
-    _assert_bit_identical(EXPORT[framework](model), before, "after a failed import")
+    _assert_bit_identical(IMPLS[framework].export_weights(model), before, "after a failed import")
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_import_of_an_integer_tensor_in_memory_is_rejected(framework):
     weights = random_weights(PLAIN, 25)
     weights["layers.1.ffn.in.bias"] = np.arange(PLAIN.d_ff)
-    model = FROM_WEIGHTS[framework](random_weights(PLAIN, 26), PLAIN)
+    model = IMPLS[framework].from_weights(random_weights(PLAIN, 26), PLAIN)
     with pytest.raises(
         v1.CheckpointError, match=re.escape("tensor 'layers.1.ffn.in.bias': expected a float dtype")
     ):
-        IMPORT[framework](model, weights)
+        IMPLS[framework].import_weights(model, weights)
 
 
 @pytest.mark.parametrize("loader", FRAMEWORKS)
@@ -671,7 +676,9 @@ def test_a_bfloat16_checkpoint_written_by_safetensors_torch_loads_cast_to_float3
         str(tmp_path / "bf16.safetensors"),
         metadata=_metadata(PLAIN),
     )
-    model = LOAD[loader](tmp_path / "bf16.safetensors")
+    model = IMPLS[loader].load(tmp_path / "bf16.safetensors")
     _assert_bit_identical(
-        EXPORT[loader](model), {k: _bf16_rounded(v) for k, v in weights.items()}, "bf16 file"
+        IMPLS[loader].export_weights(model),
+        {k: _bf16_rounded(v) for k, v in weights.items()},
+        "bf16 file",
     )

@@ -92,9 +92,9 @@ def test_roberta_positions_skip_pads_and_start_after_the_pad_id():
     expected = np.array([[2, 3, 4, 1, 1], [1, 1, 2, 3, 4]])  # transformers' rule, by hand
     tm, jm = build_pair(cfg, random_weights(cfg))
     np.testing.assert_array_equal(
-        to_numpy(tm.embeddings.padded_positions(__import__("torch").as_tensor(ids))), expected
+        to_numpy(tm.embeddings.position_ids(__import__("torch").as_tensor(ids))), expected
     )
-    np.testing.assert_array_equal(np.asarray(jm.embeddings.padded_positions(ids)), expected)
+    np.testing.assert_array_equal(np.asarray(jm.embeddings.position_ids(ids)), expected)
 
 
 def test_format2_checkpoint_round_trips_and_format1_stays_format1(tmp_path):

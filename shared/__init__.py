@@ -7,7 +7,8 @@ layouts), ``reference`` (float64 oracle), ``inputs`` (call argument validation),
 DistilBERT, ELECTRA, GPT-2 and ViT, in and out), ``flops`` (analytic FLOP counts), ``data`` (synthetic tasks, identical
 batches for both frameworks), ``training`` (the training rules both frameworks share),
 ``divergence`` (layer-by-layer comparison of two runs), ``backends`` (the attention backend
-names).
+names), ``atomic`` (the one way files are written: atomically, with the umask's mode),
+``cli`` (one-line usage errors shared by every command line).
 """
 
 from shared.backends import BACKENDS

@@ -14,12 +14,31 @@ __all__ = [
     "POSITIONAL_KINDS",
     "SECTIONS",
     "EncoderConfig",
+    "format_of_field",
 ]
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 POSITIONAL_KINDS = ("sinusoidal", "learned", "rope")
 NORMS = ("layer_norm", "rms_norm")
 LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' names, per layer
+
+
+def _since_format_2(default: Any) -> Any:
+    """A field that checkpoint format 1 does not know; ``default`` means "not used"
+    (``shared.weights`` writes format 2 only when such a field differs from it)."""
+    return dataclasses.field(default=default, metadata={"format": 2})
+
+
+def _since_format_3(default: Any) -> Any:
+    """A field that checkpoint formats 1 and 2 do not know (the parts of encoders from 2021
+    on); ``shared.weights`` writes format 3 only when such a field differs from ``default``."""
+    return dataclasses.field(default=default, metadata={"format": 3})
+
+
+def format_of_field(field: dataclasses.Field) -> int:
+    """The checkpoint format that introduced a config field: 1, 2 (``_since_format_2``) or 3
+    (``_since_format_3``)."""
+    return field.metadata.get("format", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,31 +67,49 @@ class EncoderConfig:
     embed_norm: bool = False  # LayerNorm after the embedding sum, as in BERT
     final_norm: bool = False  # LayerNorm after the last layer, as pre-norm models need
     # Added with checkpoint format 2, each for a family of pretrained checkpoints:
-    causal: bool = False  # every call is causal, as GPT-2 (is_causal=True still works alone)
-    position_pad_id: int | None = None  # RoBERTa: positions from input_ids, pads at this id
-    embed_dim: int = 0  # ELECTRA: embedding width E, projected to d_model; 0 = d_model, none
-    image_size: int = 0  # ViT: square images this many pixels wide; 0 = text (input_ids)
-    patch_size: int = 16  # ViT: square patches, each one token (image_size % patch_size == 0)
-    num_channels: int = 3  # ViT: colour channels of pixel_values (B, C, H, W)
-    # Added with checkpoint format 3, the parts of encoders from 2021 on:
-    # attention
-    n_kv_heads: int = 0  # GQA (Ainslie et al. 2023): K/V heads, dividing n_heads; 0 = n_heads
-    attn_head_dim: int = 0  # head width when not d_model / n_heads (Qwen3); 0 = d_model // n_heads
-    attention_bias: bool = True  # biases on q, k, v and out (False: Llama, ModernBERT ...)
-    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k, before RoPE
-    sliding_window: int | None = None  # local layers: query i sees keys |i - j| <= window
-    layer_types: tuple[str, ...] | None = None  # per layer: LAYER_TYPES; None = all full
-    # rotary positions (Su et al. 2021, RoFormer), with positional="rope"
-    rope_theta: float = 10000.0  # RoPE base of full-attention layers
-    rope_local_theta: float | None = None  # RoPE base of sliding layers; None = rope_theta
-    rope_interleaved: bool = False  # pairs (2i, 2i+1) (GPT-J) instead of (i, i + hd/2)
-    # feed-forward and norms
-    gated_ffn: bool = False  # GLU (Shazeer 2020): out(act(x W_gate) * x W_in); GeGLU, SwiGLU
-    mlp_bias: bool = True  # biases on the feed-forward's input (and gate) linears
-    mlp_out_bias: bool = True  # bias on its output linear (GTE keeps this one only)
-    norm: str = "layer_norm"  # or "rms_norm" (Zhang & Sennrich 2019, Llama); eps above
-    norm_bias: bool = True  # LayerNorm bias (False: ModernBERT); rms_norm needs False
-    first_attn_norm: bool = True  # False: layer 0 has no norm before attention (ModernBERT)
+    # every call is causal, as GPT-2 (is_causal=True still works alone)
+    causal: bool = _since_format_2(False)
+    # RoBERTa: positions from input_ids, pads at this id
+    position_pad_id: int | None = _since_format_2(None)
+    # ELECTRA: embedding width E, projected to d_model; 0 = d_model, none
+    embed_dim: int = _since_format_2(0)
+    # ViT: square images this many pixels wide; 0 = text (input_ids)
+    image_size: int = _since_format_2(0)
+    # ViT: square patches, each one token (image_size % patch_size == 0)
+    patch_size: int = _since_format_2(16)
+    # ViT: colour channels of pixel_values (B, C, H, W)
+    num_channels: int = _since_format_2(3)
+    # Added with checkpoint format 3, the parts of encoders from 2021 on. Attention:
+    # GQA (Ainslie et al. 2023): K/V heads, dividing n_heads; 0 = n_heads
+    n_kv_heads: int = _since_format_3(0)
+    # head width when not d_model / n_heads (Qwen3); 0 = d_model // n_heads
+    attn_head_dim: int = _since_format_3(0)
+    # biases on q, k, v and out (False: Llama, ModernBERT ...)
+    attention_bias: bool = _since_format_3(True)
+    # Qwen3: RMSNorm over head_dim on q and k, before RoPE
+    qk_norm: bool = _since_format_3(False)
+    # local layers: query i sees keys |i - j| <= window (ModernBERT: local_attention // 2)
+    sliding_window: int | None = _since_format_3(None)
+    # per layer, one of LAYER_TYPES; None = every layer full (or sliding, with a window)
+    layer_types: tuple[str, ...] | None = _since_format_3(None)
+    # Rotary positions (Su et al. 2021, RoFormer), with positional="rope": the base of
+    # full-attention layers, of sliding layers (None = rope_theta), and the pairing
+    rope_theta: float = _since_format_3(10000.0)
+    rope_local_theta: float | None = _since_format_3(None)
+    # pairs (2i, 2i+1) (RoFormer, GPT-J) instead of transformers' (i, i + hd/2)
+    rope_interleaved: bool = _since_format_3(False)
+    # Feed-forward: GLU (Shazeer 2020), out(act(x W_gate) * x W_in): GeGLU, SwiGLU
+    gated_ffn: bool = _since_format_3(False)
+    # biases on the feed-forward's input (and gate) linears, and on its output linear
+    # (GTE keeps the output one only)
+    mlp_bias: bool = _since_format_3(True)
+    mlp_out_bias: bool = _since_format_3(True)
+    # Norms: "layer_norm" or "rms_norm" (Zhang & Sennrich 2019, Llama), eps layer_norm_eps
+    norm: str = _since_format_3("layer_norm")
+    # LayerNorm bias (False: ModernBERT); rms_norm needs False
+    norm_bias: bool = _since_format_3(True)
+    # False: layer 0 has no norm before attention (ModernBERT: the embeddings are normed)
+    first_attn_norm: bool = _since_format_3(True)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"):

@@ -1,72 +1,98 @@
-"""The sharding plan for many devices, once, keyed by format-v1 names (NumPy only).
+"""The sharding plan for many devices, once, as rules on logical axes (NumPy only).
 
-Both ``torch_impl/parallel.py`` and ``jax_impl/parallel.py`` read this table, so the plan
-cannot drift between them. The mesh has two named axes:
+Both ``torch_impl/parallel.py`` and ``jax_impl/parallel.py`` read this module, so the plan
+cannot drift between them. Every tensor's logical axes come from ``shared/tensors.py``; the
+plan is rules ``(logical axis, mesh axis)``, in the manner of MaxText's
+``logical_axis_rules``. The mesh has two named axes:
 
 * ``"data"``: data parallelism. Each data rank computes a slice of the batch; gradients are
   averaged over ``"data"`` so that they equal the gradients of the global batch.
-* ``"model"``: tensor parallelism (Megatron's pairing). ``q``, ``k``, ``v`` and ``ffn.in``
-  are split by output columns, head-aligned (whole heads per device: head ``h`` is columns
-  ``h*hd:(h+1)*hd``); ``out`` and ``ffn.out`` by input rows. Each block then needs one
-  all-reduce of its output: one after attention, one after the feed-forward network.
-  Embeddings and norms are replicated.
+* ``"model"``: tensor parallelism (Megatron's pairing), :data:`TENSOR_PARALLEL`: "heads"
+  and "mlp" on "model". ``q``, ``k``, ``v`` and ``ffn.in`` are then split by output columns,
+  head-aligned (whole heads per device: head ``h`` is columns ``h*hd:(h+1)*hd``); ``out``
+  and ``ffn.out`` by input rows. Each block then needs one all-reduce of its output: one
+  after attention, one after the feed-forward network. Embeddings and norms are replicated.
 
-With ``fsdp=True`` every parameter (and its optimizer state) is also sharded along
-``"data"``, on the axis that PyTorch's FSDP2 shards by default (dim 0 of the PyTorch
-tensor): the output axis of linear weights (format v1 stores them (in, out)), the rows of
-embedding tables, the only axis of vectors. An axis that ``"data"`` does not divide stays
-whole along ``"data"`` in JAX (FSDP2 pads it instead): the numbers are the same either way.
+With ``fsdp=True``, :data:`FSDP` adds rules that shard the parameters (and their optimizer
+state) along ``"data"`` too: embedding tables by their rows, every other tensor on its
+"embed" axis, and a tensor without one (a q, k, v or ffn.in bias) on its "heads" or "mlp"
+axis. PyTorch's FSDP2 follows the same table (``fully_shard``'s ``shard_placement_fn``).
+
+Placements that changed when the plan became rules on logical axes (the numbers are the
+same either way): with ``fsdp``, q, k, v and ffn.in weights (embed, heads|mlp) used to be
+split along "data" on their output axis (PyTorch's dim 0) and are now split on their embed
+axis, as out and ffn.out weights already were: one rule, ("embed", "data"), instead of a
+per-framework storage detail. Tensors whose only "data" axis used to be their first are
+now split where the rules say: the embeddings' LayerNorm ("embed_table") stays whole along
+"data" (no rule names "embed_table"), ELECTRA's projection is split on its output (embed)
+axis instead of its input axis, and ViT's patch weight, patch bias and class token on
+their embed axis. Embedding tables, norms, biases and the out and ffn.out weights are
+placed as before.
+
+How rules apply (:func:`spec`): each rule in order gives its mesh axis to the tensor's axis
+of that logical name, unless the tensor already uses that mesh axis or the mesh axes on
+that array axis would not divide it; a tensor axis that no rule names stays whole. So a
+tensor uses each mesh axis at most once, and an axis that a mesh axis does not divide stays
+whole along it (FSDP2 pads such a dim 0 instead; the numbers are the same either way).
+
+A new parallelism is more rules: a new tensor needs none, only its logical axes.
 
 A spec is one entry per array axis: ``None`` (whole), ``"model"``, ``"data"``, or a tuple
-of both (the axis split over both mesh axes, ``"model"`` major).
+of both (the axis split over both mesh axes, in rule order: ``"model"`` major).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from shared.config import EncoderConfig
-from shared.weights import expected_shapes
+from shared.tensors import axes_of, tensors
 
 __all__ = [
     "AXES",
     "COLUMNS",
-    "PLAN",
+    "FSDP",
     "REPLICATED",
     "ROWS",
+    "TENSOR_PARALLEL",
     "check_batch",
     "check_mesh",
     "check_model_split",
     "collective_bytes",
-    "layout",
+    "rules",
     "spec",
+    "tensor_parallel_style",
 ]
 
 AXES = ("data", "model")
+
+Rule = tuple[str, str]  # (logical axis, mesh axis)
+
+# Tensor parallelism: the attention heads and the feed-forward hidden units on "model".
+TENSOR_PARALLEL: tuple[Rule, ...] = (("heads", "model"), ("mlp", "model"))
+# Fully sharded data parallelism: every parameter also on "data". Embedding tables by their
+# rows (sharded along their width, a lookup would come out split along D by "data", not by
+# the batch), every other tensor by its "embed" axis, else by its "heads" or "mlp" axis.
+FSDP: tuple[Rule, ...] = (
+    ("vocab", "data"),
+    ("positions", "data"),
+    ("types", "data"),
+    ("embed", "data"),
+    ("heads", "data"),
+    ("mlp", "data"),
+)
 
 COLUMNS = "columns"  # split by output columns on "model": weight (in, out/M), bias (out/M,)
 ROWS = "rows"  # split by input rows on "model": weight (in/M, out), bias whole
 REPLICATED = "replicated"
 
-# format-v1 name pattern -> layout on "model". Names that match no pattern are replicated.
-PLAN: tuple[tuple[str, str], ...] = (
-    (r"layers\.\d+\.attention\.(q|k|v)\.(weight|bias)", COLUMNS),
-    (r"layers\.\d+\.attention\.out\.(weight|bias)", ROWS),
-    (r"layers\.\d+\.ffn\.in\.(weight|bias)", COLUMNS),
-    (r"layers\.\d+\.ffn\.out\.(weight|bias)", ROWS),
-)
-
 Spec = tuple[str | tuple[str, ...] | None, ...]
 
 
-def layout(name: str) -> str:
-    """How the format-v1 tensor ``name`` is split on "model": COLUMNS, ROWS or REPLICATED."""
-    for pattern, how in PLAN:
-        if re.fullmatch(pattern, name):
-            return how
-    return REPLICATED
+def rules(*, fsdp: bool = False) -> tuple[Rule, ...]:
+    """The plan's rules, in order: tensor parallelism, then FSDP's if ``fsdp``."""
+    return TENSOR_PARALLEL + (FSDP if fsdp else ())
 
 
 def spec(
@@ -74,24 +100,42 @@ def spec(
 ) -> Spec:
     """The mesh axes of each axis of the format-v1 tensor ``name`` of ``shape``.
 
-    ``layers.0.attention.q.weight`` (D, D) -> ``(None, "model")``; with ``fsdp`` ->
-    ``(None, ("model", "data"))``. ``data`` and ``model`` are the mesh sizes, used only to
-    leave whole an axis that ``"data"`` does not divide.
+    ``layers.0.attention.q.weight`` (D, D), logical axes ("embed", "heads") ->
+    ``(None, "model")``; with ``fsdp`` -> ``("data", "model")``. ``data`` and ``model`` are
+    the mesh sizes, used only to leave whole an axis that they do not divide.
     """
+    logical = axes_of(name)
+    if len(logical) != len(shape):
+        raise ValueError(
+            f"{name!r} has logical axes {logical}, expected a shape of {len(logical)} axes, "
+            f"got {tuple(shape)}"
+        )
+    sizes = {"data": data, "model": model}
     axes: list[list[str]] = [[] for _ in shape]
-    how = layout(name)
-    is_weight = name.endswith(".weight") and len(shape) == 2
-    if how == COLUMNS:
-        axes[-1].append("model")  # the output columns (the bias has only those)
-    elif how == ROWS and is_weight:
-        axes[0].append("model")  # the input rows; the bias is whole
-    if fsdp and shape:
-        # FSDP2 shards PyTorch's dim 0: a linear weight's output axis (format v1: the last)
-        axis = len(shape) - 1 if is_weight and not name.startswith("embeddings.") else 0
-        per_model = shape[axis] // (model if "model" in axes[axis] else 1)
-        if per_model % data == 0:
-            axes[axis].append("data")
+    for axis_name, mesh_axis in rules(fsdp=fsdp):
+        if axis_name not in logical or any(mesh_axis in a for a in axes):
+            continue
+        i = logical.index(axis_name)
+        if shape[i] % (math.prod(sizes[m] for m in axes[i]) * sizes[mesh_axis]) == 0:
+            axes[i].append(mesh_axis)
     return tuple(None if not a else a[0] if len(a) == 1 else tuple(a) for a in axes)
+
+
+def tensor_parallel_style(name: str) -> str:
+    """How the linear layer of the format-v1 tensor ``name`` is split on "model": COLUMNS
+    (its output axis), ROWS (its input axis) or REPLICATED.
+
+    Megatron's names for the two halves of the pairing; ``torch_impl.parallel`` turns them
+    into ``ColwiseParallel`` and ``RowwiseParallel``.
+    """
+    weight = name.removesuffix(".bias") + ".weight" if name.endswith(".bias") else name
+    logical = axes_of(weight)
+    placed = spec(weight, (1,) * len(logical))  # sizes 1: every rule applies
+    if len(placed) == 2 and placed[1] == "model":
+        return COLUMNS
+    if len(placed) == 2 and placed[0] == "model":
+        return ROWS
+    return REPLICATED
 
 
 def check_mesh(axis_names: Sequence[str], shape: Sequence[int], devices: Sequence[str]) -> None:
@@ -169,7 +213,8 @@ def collective_bytes(
 def _parameter_elements_per_model_rank(cfg: EncoderConfig, model: int) -> int:
     """Parameters held by one "model" rank: a tensor split on "model" counts 1/model."""
     total = 0
-    for name, shape in expected_shapes(cfg).items():
-        split = any("model" in ((a,) if isinstance(a, str) else a or ()) for a in spec(name, shape))
-        total += math.prod(shape) // (model if split else 1)
+    for tensor in tensors(cfg):
+        placed = spec(tensor.name, tensor.shape)
+        split = any("model" in ((a,) if isinstance(a, str) else a or ()) for a in placed)
+        total += math.prod(tensor.shape) // (model if split else 1)
     return total

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["apply_rope", "rope_angles", "rope_inverse_frequencies", "sinusoidal"]
+__all__ = [
+    "apply_rope",
+    "check_position_ids",
+    "rope_angles",
+    "rope_inverse_frequencies",
+    "sinusoidal",
+]
 
 
 def sinusoidal(n_positions: int, d_model: int, *, base: float = 10000.0) -> np.ndarray:
@@ -79,3 +85,24 @@ def apply_rope(
     if interleaved:
         return np.stack([ra, rb], axis=-1).reshape(x.shape)
     return np.concatenate([ra, rb], axis=-1)
+
+
+def check_position_ids(cfg, position_ids, b: int, t: int) -> None:
+    """``position_ids`` of a call: integer (B, T) or (1, T), values in [0, max_len) (for
+    sinusoidal positions, >= 0: the table extends). ``position_ids`` is a NumPy array, or
+    anything with ``shape`` and ``kind`` (``shared.inputs.Spec``: values unknown, only the
+    shape and dtype are checked). Raises ValueError naming what was expected and got."""
+    shape = tuple(position_ids.shape)
+    kind = getattr(position_ids, "kind", None) or position_ids.dtype.kind
+    if kind not in "iu" or shape not in ((b, t), (1, t)):
+        raise ValueError(
+            f"position_ids must be integer of shape (B, T) = ({b}, {t}) or (1, {t}), got "
+            f"dtype kind {kind!r} and shape {shape}"
+        )
+    if not isinstance(position_ids, np.ndarray) or position_ids.size == 0:
+        return
+    lo, hi = int(position_ids.min()), int(position_ids.max())
+    upper = None if cfg.positional == "sinusoidal" else cfg.max_len
+    if lo < 0 or (upper is not None and hi >= upper):
+        bound = f"[0, {upper}) (max_len)" if upper is not None else ">= 0"
+        raise ValueError(f"position_ids must lie in {bound}, got values in [{lo}, {hi}]")

@@ -12,6 +12,8 @@ Layout (``D`` = d_model, ``F`` = d_ff, ``V`` = vocab_size)::
     layers.{i}.norm2.weight|bias      (D,)   the norm around the feed-forward block
     final_norm.weight|bias            (D,)                  only if final_norm
 
+The names, shapes and logical axes are the rows of ``shared/tensors.py``.
+
 Format 2 ("twin-encoder/2") adds EncoderConfig fields (:data:`FORMAT_2_FIELDS`) and one
 tensor; a file is written as format 1 whenever its config uses none of them, and both load:
 
@@ -21,30 +23,49 @@ tensor; a file is written as format 1 whenever its config uses none of them, and
     embeddings.patch.weight (C, P, P, D), .bias (D,)        only if image_size > 0 (ViT),
     embeddings.class_token  (1, D)                          instead of embeddings.token
 
+Format 3 ("twin-encoder/3") adds the EncoderConfig fields of encoders from 2021 on
+(:data:`FORMAT_3_FIELDS`: RoPE, grouped K/V heads, windows, GLU, RMSNorm, bias-free
+linears, q/k norms) and their tensors; a file is written as format 3 only when its config
+uses one of them, and all three load:
+
+    layers.{i}.attention.{k,v}.weight (D, G hd)             G = n_kv_heads K/V heads
+    layers.{i}.attention.{q,k,v,out}.bias                   only if attention_bias
+    layers.{i}.attention.{q_norm,k_norm}.weight (hd,)       only if qk_norm (Qwen3)
+    layers.{i}.ffn.gate.weight (D, F), .bias (F,)           only if gated_ffn: the GLU's
+                                                            activated half
+    layers.{i}.ffn.{gate,in}.bias, ffn.out.bias             only if mlp_bias, mlp_out_bias
+    *.norm*.bias                                            only for a LayerNorm with bias
+    layers.0.norm1.*                                        absent if not first_attn_norm
+    embeddings.position.weight                              absent with positional="rope"
+
 Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the paper; PyTorch's
 ``nn.Linear`` keeps (out, in) and transposes on the way in and out. Head ``h`` of q, k and v
 is columns ``h*hd:(h+1)*hd``, and rows ``h*hd:(h+1)*hd`` of ``out.weight``.
 
 The file's metadata is ``{"format": "twin-encoder/1", "config": <EncoderConfig JSON>}``.
-Loading is strict and never unpickles anything; saving is atomic (temporary file + rename).
+Loading is strict and never unpickles anything; saving is atomic (temporary file + rename,
+``shared.atomic``) and gives the file the permissions the umask gives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from shared.config import EncoderConfig
+from shared.atomic import check_output_path, write_atomic
+from shared.config import EncoderConfig, format_of_field
 from shared.layouts import CheckpointError, check_names
+from shared.tensors import tensors
 
 __all__ = [
     "FORMAT",
     "FORMATS",
     "FORMAT_2",
+    "FORMAT_3",
     "CheckpointError",
     "as_numpy_float",
     "expected_shapes",
@@ -56,73 +77,47 @@ __all__ = [
 
 FORMAT = "twin-encoder/1"
 FORMAT_2 = "twin-encoder/2"  # format 1 plus the EncoderConfig fields below
-FORMATS = (FORMAT, FORMAT_2)
-# EncoderConfig fields that format 1 does not know, with the value that means "not used".
+FORMAT_3 = "twin-encoder/3"  # format 2 plus the fields of encoders from 2021 on
+FORMATS = (FORMAT, FORMAT_2, FORMAT_3)  # oldest first: FORMATS[n - 1] is format n
+# EncoderConfig fields that format 1 does not know, with the value that means "not used"
+# (the fields that shared/config.py marks as added with format 2), and those of format 3.
 FORMAT_2_FIELDS = {
-    "causal": False,
-    "position_pad_id": None,
-    "embed_dim": 0,
-    "image_size": 0,
-    "patch_size": 16,
-    "num_channels": 3,
+    field.name: field.default
+    for field in dataclasses.fields(EncoderConfig)
+    if format_of_field(field) == 2
 }
+FORMAT_3_FIELDS = {
+    field.name: field.default
+    for field in dataclasses.fields(EncoderConfig)
+    if format_of_field(field) == 3
+}
+_NEW_FIELDS = {FORMAT_2: FORMAT_2_FIELDS, FORMAT_3: FORMAT_3_FIELDS}
 
 Weights = dict[str, np.ndarray]
 
 
 def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order."""
-    d, f, e = cfg.d_model, cfg.d_ff, cfg.embed_width
-    shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.image_size:
-        p = cfg.patch_size
-        shapes["embeddings.patch.weight"] = (cfg.num_channels, p, p, e)
-        shapes["embeddings.patch.bias"] = (e,)
-        shapes["embeddings.class_token"] = (1, e)
-    else:
-        shapes["embeddings.token.weight"] = (cfg.vocab_size, e)
-    if cfg.positional == "learned":
-        shapes["embeddings.position.weight"] = (cfg.max_len, e)
-    if cfg.type_vocab_size > 0:
-        shapes["embeddings.token_type.weight"] = (cfg.type_vocab_size, e)
-    if cfg.embed_norm:
-        shapes |= _norm("embeddings.norm", e)
-    if cfg.embed_dim:
-        shapes |= _linear("embeddings.project", e, d)
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}"
-        for name in ("q", "k", "v", "out"):
-            shapes |= _linear(f"{p}.attention.{name}", d, d)
-        shapes |= _norm(f"{p}.norm1", d)
-        shapes |= _linear(f"{p}.ffn.in", d, f)
-        shapes |= _linear(f"{p}.ffn.out", f, d)
-        shapes |= _norm(f"{p}.norm2", d)
-    if cfg.final_norm:
-        shapes |= _norm("final_norm", d)
-    return shapes
-
-
-def _linear(prefix: str, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (d_in, d_out), f"{prefix}.bias": (d_out,)}
-
-
-def _norm(prefix: str, d: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (d,), f"{prefix}.bias": (d,)}
+    """Every tensor name of format v1 for ``cfg``, with its shape, in a fixed order
+    (the rows of ``shared/tensors.py``)."""
+    return {t.name: t.shape for t in tensors(cfg)}
 
 
 def format_of(cfg: EncoderConfig) -> str:
-    """The oldest format that can hold ``cfg``: format 1 unless a format-2 field is used."""
-    config = cfg.to_dict()
-    used = any(config[name] != unused for name, unused in FORMAT_2_FIELDS.items())
-    return FORMAT_2 if used else FORMAT
+    """The oldest format that can hold ``cfg``: format 1 unless a format-2 field is used,
+    format 3 if a format-3 field is."""
+    config = {k: getattr(cfg, k) for k in (*FORMAT_2_FIELDS, *FORMAT_3_FIELDS)}
+    for fmt in (FORMAT_3, FORMAT_2):
+        if any(config[name] != unused for name, unused in _NEW_FIELDS[fmt].items()):
+            return fmt
+    return FORMAT
 
 
 def _config_json(cfg: EncoderConfig, fmt: str) -> str:
-    """The config as JSON; format 1 files leave out the format-2 fields (older readers
-    reject fields they do not know)."""
+    """The config as JSON; a file leaves out the fields of formats newer than its own
+    (older readers reject fields they do not know)."""
     config = cfg.to_dict()
-    if fmt == FORMAT:
-        config = {k: v for k, v in config.items() if k not in FORMAT_2_FIELDS}
+    for newer in FORMATS[FORMATS.index(fmt) + 1 :]:
+        config = {k: v for k, v in config.items() if k not in _NEW_FIELDS[newer]}
     return json.dumps(config, sort_keys=True)
 
 
@@ -155,24 +150,21 @@ def as_numpy_float(array) -> np.ndarray:
 
 
 def save_file(path: str | os.PathLike, weights: Weights, cfg: EncoderConfig) -> None:
-    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file."""
-    from safetensors.numpy import save_file as _save
+    """Write ``weights`` and ``cfg`` to ``path`` atomically: a crash leaves no partial file.
+
+    The file gets the permissions the umask gives (0644 under umask 022). Raises
+    ``CheckpointError`` for weights that do not match ``cfg`` and
+    ``shared.atomic.OutputPathError`` when ``path`` is a folder or its folder does not
+    exist, before anything is written.
+    """
+    from safetensors import numpy as st_numpy
 
     validate(weights, cfg)
-    path = Path(path)
+    path = check_output_path(path)
     tensors = {k: np.ascontiguousarray(weights[k]) for k in expected_shapes(cfg)}
     fmt = format_of(cfg)
     metadata = {"format": fmt, "config": _config_json(cfg, fmt)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        _save(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: st_numpy.save_file(tensors, tmp, metadata=metadata))
 
 
 def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
@@ -194,7 +186,8 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
     fmt = metadata.get("format")
     if fmt not in FORMATS:
         raise CheckpointError(
-            f"{path}: metadata 'format' is {fmt!r}, expected {FORMAT!r} or {FORMAT_2!r}"
+            f"{path}: metadata 'format' is {fmt!r}, expected {FORMAT!r}, {FORMAT_2!r} or "
+            f"{FORMAT_3!r}"
         )
     if "config" not in metadata:
         raise CheckpointError(f"{path}: metadata has no 'config'")
@@ -202,10 +195,12 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
         cfg = EncoderConfig.from_json(metadata["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata 'config' is invalid: {e}") from None
-    if fmt == FORMAT and format_of(cfg) != FORMAT:
+    needed = format_of(cfg)
+    if FORMATS.index(fmt) < FORMATS.index(needed):
+        n = FORMATS.index(needed) + 1
         raise CheckpointError(
-            f"{path}: metadata 'format' is {FORMAT!r}, but its config uses format-2 fields "
-            f"({', '.join(FORMAT_2_FIELDS)}); expected {FORMAT_2!r}"
+            f"{path}: metadata 'format' is {fmt!r}, but its config uses format-{n} fields "
+            f"({', '.join(_NEW_FIELDS[needed])}); expected {needed!r}"
         )
     try:
         validate(weights, cfg)

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.backends import BACKENDS, backend_info
-from shared.inputs import check_mask_shape
-from torch_impl.flash import check_window, flash_attention
+from shared.inputs import check_key_padding_mask, check_mask_shape
+from torch_impl.flash import check_window, flash_attention, hide_masked_keys
 
 __all__ = [
     "ATTENTION",
@@ -98,7 +98,10 @@ def scaled_dot_product_attention(
         float32. A query row with no allowed key gets all-zero weights, so a zero output
         and finite gradients (the paper leaves this case undefined; PyTorch's
         ``nn.MultiheadAttention`` returns NaN there).
+        Keys no query may attend to are never read (``hide_masked_keys``): a NaN or Inf in
+        their K or V rows changes neither the output nor any gradient.
     """
+    k, v = hide_masked_keys(k, v, mask, None, is_causal=False, q_len=q.shape[2])
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, S, hd)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
@@ -141,15 +144,19 @@ def fused_attention(
     Fused kernels never materialise the weights, so only the output (B, H, T, hd) comes back.
     Causality alone goes to the kernel as its own flag (no mask built). Rows with no allowed
     key are given every key (a finite average) and then zeroed, which matches
-    :func:`scaled_dot_product_attention` whatever kernel PyTorch picks.
+    :func:`scaled_dot_product_attention` whatever kernel PyTorch picks. Keys no query may attend
+    to are zeroed first (``hide_masked_keys``): a kernel adds -inf to a masked score, and
+    -inf + NaN is NaN, so a NaN in a padded key would otherwise reach every output.
     K/V with fewer heads go to the kernel as they are (``enable_gqa``); a window is a mask.
     """
+    k, v = hide_masked_keys(k, v, mask, key_padding_mask, is_causal=is_causal, q_len=q.shape[2])
     gqa = {"enable_gqa": k.shape[1] != q.shape[1]}
     if mask is None and key_padding_mask is None and window is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, **gqa)
     mask = combine_masks(mask, key_padding_mask, is_causal=is_causal, q=q, k=k, window=window)
     has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, **gqa)
+    mask = mask | ~has_key  # (B|1, H|1, T|1, S)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
     return out.masked_fill(~has_key, 0.0)  # (B, H, T, hd)
 
 
@@ -316,15 +323,6 @@ class MultiHeadAttention(nn.Module):
         return self.backend
 
 
-def check_key_padding_mask(shape: tuple[int, ...], kind: str, b: int, s: int) -> None:
-    """A key padding mask is boolean (B, S), True = real key."""
-    if kind != "b" or shape != (b, s):
-        raise ValueError(
-            f"key_padding_mask must be boolean of shape (B, S) = ({b}, {s}), "
-            f"got dtype kind {kind!r} and shape {shape}"
-        )
-
-
 def linear(
     d_in: int, d_out: int, *, dtype: torch.dtype | None = None, bias: bool = True
 ) -> nn.Linear:
@@ -350,7 +348,8 @@ class RMSNorm(nn.Module):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         y = x.to(acc)
         y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (y * self.weight.to(acc)).to(x.dtype)
+        weight = self.weight.to(acc).reshape((1,) * (x.ndim - 1) + (-1,))
+        return (y * weight).to(x.dtype)
 
 
 def check_heads(d_model: int, n_heads: int, n_kv_heads: int | None, head_dim: int | None) -> None:

@@ -17,8 +17,9 @@ s <= t); ``window`` (sliding-window attention: keys |t - s| <= window); ``mask``
 boolean (B|1, H|1, T|1, S) mask, True = may attend. All combine. Key blocks that causality
 or the window exclude entirely are skipped, not computed (:func:`key_blocks`,
 :func:`query_blocks`): a windowed call costs O(T * window), linear in T. A query row with
-no allowed key gets a zero output and zero gradients, as the math path does. Scores and
-sums run in float32 (float64 for float64 inputs); the output has the inputs' dtype.
+no allowed key gets a zero output and zero gradients, as the math path does. Keys no
+query may attend to are never read (:func:`hide_masked_keys`, which every backend calls).
+Scores and sums run in float32 (float64 for float64 inputs); the output has the inputs' dtype.
 
 Grouped-query attention (Ainslie et al. 2023): k and v may have G heads, G dividing H.
 The H query heads are viewed as (G, H/G), so that each K/V block meets its H/G query
@@ -31,7 +32,15 @@ import math
 
 import torch
 
-__all__ = ["BLOCK_K", "BLOCK_Q", "check_window", "flash_attention", "key_blocks", "query_blocks"]
+__all__ = [
+    "BLOCK_K",
+    "BLOCK_Q",
+    "check_window",
+    "flash_attention",
+    "hide_masked_keys",
+    "key_blocks",
+    "query_blocks",
+]
 
 BLOCK_Q = 128  # Br: query rows per block
 BLOCK_K = 128  # Bc: key rows per block
@@ -75,6 +84,7 @@ def flash_attention(
             "query heads"
         )
     geometry = (is_causal, None if window is None else check_window(window), block_q, block_k)
+    k, v = hide_masked_keys(k, v, mask, key_padding_mask, is_causal=is_causal, q_len=q.shape[2])
     return _FlashAttention.apply(q, k, v, mask, key_padding_mask, *geometry)
 
 
@@ -83,6 +93,47 @@ def check_window(window) -> int:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     return window
+
+
+def hide_masked_keys(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    *,
+    is_causal: bool,
+    q_len: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v (B, G, S, hd) with the rows of keys that no query may attend to set to zero.
+
+    Every backend calls this first, so that a masked key's K and V are never read: a NaN or
+    Inf there (padding's embeddings, a garbage cache row) cannot reach any output or
+    gradient, whatever a kernel does with a masked score (0 * NaN is NaN; -inf + NaN is
+    NaN). A key is visible when some query t < ``q_len`` may attend to it under ``mask``
+    (B|1, H|1, T|1, S), ``key_padding_mask`` (B, S) and causality (s <= t) together; with
+    G < H grouped K/V heads, when some query head of its group may. Keys some queries see
+    are left as they are: a non-finite value there is the caller's.
+    """
+    s = k.shape[2]
+    visible = None  # (B|1, H|1, S), or None: every key is visible
+    if mask is not None:
+        if is_causal and mask.shape[-2] > 1:  # already (.., T, S): the causal and is no larger
+            causal = torch.ones(q_len, s, dtype=torch.bool, device=k.device).tril()[None, None]
+            visible = (mask & causal).any(dim=-2)
+        else:
+            visible = mask.any(dim=-2)
+        if visible.shape[1] not in (1, k.shape[1]):  # H query heads -> G K/V groups
+            visible = visible.reshape(visible.shape[0], k.shape[1], -1, s).any(dim=2)
+    if is_causal and (mask is None or mask.shape[-2] == 1):
+        reach = torch.arange(s, device=k.device) < q_len  # (S,): some query t >= s exists
+        visible = reach[None, None] if visible is None else visible & reach
+    if key_padding_mask is not None:
+        real = key_padding_mask.bool()[:, None, :]  # (B, 1, S)
+        visible = real if visible is None else visible & real
+    if visible is None:
+        return k, v
+    hidden = ~visible[..., None]  # (B|1, G|1, S, 1)
+    return k.masked_fill(hidden, 0.0), v.masked_fill(hidden, 0.0)
 
 
 def accumulator_dtype(x: torch.Tensor) -> torch.dtype:

@@ -7,10 +7,14 @@ Mirrors ``jax_impl/parallel.py``. Three steps, as in JAX, in every process of th
     parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
     h = model(parallel.slice_batch(input_ids, mesh))  # this data rank's rows of the batch
 
+``export_weights`` and ``save`` are ``torch_impl``'s own (they work on sharded models too),
+re-exported here.
+
 ``parallelize`` turns ``shared/parallel.py`` into a ``parallelize_module`` plan per encoder
 layer (``ColwiseParallel`` for column-split linears, ``RowwiseParallel`` for row-split ones,
 on the mesh's "model" axis), then, along "data", ``fully_shard`` (FSDP2) per layer and at
-the root when ``fsdp``, otherwise ``replicate`` (DDP). Embeddings, norms and a task head stay
+the root when ``fsdp`` (each parameter on the dim the plan gives "data":
+:func:`fsdp_placements`), otherwise ``replicate`` (DDP). Embeddings, norms and a task head stay
 whole on every "model" rank.
 
 PyTorch feeds each data rank its own rows (its idiom): :func:`slice_batch` cuts them from a
@@ -36,7 +40,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -44,14 +47,13 @@ from torch import nn
 from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from shared import layouts
 from shared import parallel as plan
 from shared import weights as v1
 from torch_impl.encoder import TransformerEncoder
-from torch_impl.weights import from_weights, parameter_table
+from torch_impl.weights import export_weights, from_weights, parameter_table, save
 
 __all__ = [
     "export_weights",
@@ -93,11 +95,15 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool = False) -> nn
     if mesh["model"].size() > 1:
         for i, layer in enumerate(encoder.encoder.layers):
             parallelize_module(layer, mesh["model"], layer_plan(encoder, i))
-    data_parallel = fully_shard if fsdp else replicate  # FSDP2, or its DDP twin
-    if fsdp or mesh["data"].size() > 1:
+    if fsdp:
+        placement = fsdp_placements(encoder, mesh)
         for layer in encoder.encoder.layers:
-            data_parallel(layer, mesh=mesh["data"])
-        data_parallel(model, mesh=mesh["data"])
+            fully_shard(layer, mesh=mesh["data"], shard_placement_fn=placement)
+        fully_shard(model, mesh=mesh["data"], shard_placement_fn=placement)
+    elif mesh["data"].size() > 1:
+        for layer in encoder.encoder.layers:
+            replicate(layer, mesh=mesh["data"])  # FSDP2's DDP twin
+        replicate(model, mesh=mesh["data"])
     return model
 
 
@@ -111,11 +117,32 @@ def layer_plan(encoder: TransformerEncoder, i: int) -> dict[str, ColwiseParallel
     path_of = {id(p): name for name, p in layer.named_parameters()}
     styles = {}
     for name, param, _ in parameter_table(encoder):
-        how = plan.layout(name)
+        how = plan.tensor_parallel_style(name)
         if name.startswith(f"layers.{i}.") and name.endswith(".weight") and how in STYLES:
             module_path = path_of[id(param)].removesuffix(".weight")
             styles[module_path] = STYLES[how]()
     return styles
+
+
+def fsdp_placements(
+    encoder: TransformerEncoder, mesh: DeviceMesh
+) -> Callable[[nn.Parameter], Shard | None]:
+    """``fully_shard``'s ``shard_placement_fn``: each encoder parameter is sharded along
+    "data" on the dim that the shared plan gives "data" (``plan.spec(..., fsdp=True)``),
+    translated through the parameter's layout (a ``transpose``d linear weight swaps dims).
+
+    A parameter with no "data" axis in the plan (one that "data" does not divide), and any
+    parameter outside the encoder (a task head), gets FSDP2's default, dim 0 (padded).
+    """
+    data, model = mesh["data"].size(), mesh["model"].size()
+    dims = {}
+    for name, param, layout in parameter_table(encoder):
+        axes = plan.spec(name, param.shape, fsdp=True, data=data, model=model)
+        on_data = [i for i, a in enumerate(axes) if a == "data" or "data" in (a or ())]
+        if on_data:
+            (axis,) = on_data
+            dims[id(param)] = param.ndim - 1 - axis if layout == "transpose" else axis
+    return lambda param: Shard(dims[id(param)]) if id(param) in dims else None
 
 
 def _check(encoder: TransformerEncoder, mesh: DeviceMesh) -> None:
@@ -146,32 +173,6 @@ def slice_batch(batch, mesh: DeviceMesh):
     if isinstance(batch, dict):
         return {k: cut(v) for k, v in batch.items()}
     return cut(batch)
-
-
-def export_weights(model: TransformerEncoder) -> dict[str, np.ndarray]:
-    """Full format-v1 arrays of a sharded (or unsharded) model, exact, on every rank.
-
-    A collective: every rank must call it (``DTensor.full_tensor`` gathers the shards).
-    """
-    out = {}
-    for name, param, layout in parameter_table(model):
-        t = param.detach()
-        t = t.full_tensor() if isinstance(t, DTensor) else t
-        t = t.cpu()
-        t = t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-        a = t.numpy()
-        (a,) = layouts.LAYOUTS[layout].split(a, 1)
-        out[name] = np.array(a, order="C")
-    return out
-
-
-def save(model: TransformerEncoder, path: str | os.PathLike) -> None:
-    """One format-v1 file, written once (by rank 0), atomically. Every rank calls it."""
-    weights = export_weights(model)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        v1.save_file(path, weights, model.config)
-    if dist.is_initialized():
-        dist.barrier()  # the file exists when save returns, on every rank
 
 
 def load(

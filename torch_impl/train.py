@@ -38,7 +38,7 @@ from shared.training import (
 )
 from torch_impl.attention import linear
 from torch_impl.encoder import TransformerEncoder
-from torch_impl.weights import export_weights, import_weights
+from torch_impl.weights import export_weights, import_weights, to_numpy
 
 __all__ = [
     "SequenceClassifier",
@@ -106,8 +106,8 @@ def build_model(
 def export_task_weights(model: SequenceClassifier | TokenTagger) -> dict[str, np.ndarray]:
     """The encoder's format-v1 weights plus ``head.weight`` (D, C) and ``head.bias`` (C,)."""
     weights = export_weights(model.encoder)  # copies, not views of the live parameters
-    weights["head.weight"] = model.head.weight.detach().cpu().numpy().T.copy()  # (in, out)
-    weights["head.bias"] = model.head.bias.detach().cpu().numpy().copy()
+    weights["head.weight"] = to_numpy(model.head.weight).T.copy()  # (in, out)
+    weights["head.bias"] = to_numpy(model.head.bias).copy()
     return weights
 
 

@@ -11,21 +11,22 @@ a prefix (``bert.``, ``transformer.``): the body is read and every other tensor 
 listed. Without the prefix, only the family's known extras are skipped (buffers, a pooler);
 any other unknown tensor is an error, so nothing is dropped silently.
 
-Command line: ``python -m shared.hf FOLDER OUT.safetensors`` writes our checkpoint format.
+Command line: ``python -m shared.hf FOLDER OUT.safetensors`` (or ``twin-encoder convert``) writes
+our checkpoint format.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from shared import layouts
 from shared import weights as v1
+from shared.atomic import OutputPathError, check_output_path
+from shared.cli import ArgumentParser, fail
 from shared.config import EncoderConfig
 from shared.hf import (
     bert,
@@ -242,26 +243,44 @@ def _model_type_for(cfg: EncoderConfig) -> str:
     return "bert"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.hf FOLDER OUT.safetensors``: convert, and print a one-line summary."""
-    parser = argparse.ArgumentParser(
-        prog="python -m shared.hf",
+def main(argv: list[str] | None = None, *, prog: str = "python -m shared.hf") -> int:
+    """``python -m shared.hf FOLDER OUT.safetensors``: convert, and print a one-line summary.
+
+    Exit status 0 when written; 1 when the folder's content is refused (an unsupported
+    family, a pickle-only or corrupt checkpoint); 2 for a usage error (a folder that does
+    not exist, an output path that cannot be written). Errors are one line, never a
+    traceback, and nothing is written before the arguments are checked.
+    """
+    parser = ArgumentParser(
+        prog=prog,
         description="Convert a Hugging Face folder (config.json + model.safetensors) of "
         f"{', '.join(f.name for f in FAMILIES)} to a checkpoint that torch_impl.load and "
         "jax_impl.load read.",
+        epilog="Exit status: 0 written; 1 the folder's checkpoint is refused (the error says "
+        "why); 2 usage error.",
     )
     parser.add_argument("folder", type=Path, help="the Hugging Face model folder")
     parser.add_argument("out", type=Path, help="the .safetensors file to write")
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        what = "is not a folder" if args.folder.exists() else "does not exist"
+        return fail(f"{args.folder} {what}; expected a Hugging Face model folder")
+    try:
+        check_output_path(args.out)
+    except OutputPathError as e:
+        return fail(str(e))
     try:
         weights, cfg, family, skipped = read(args.folder)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    v1.save_file(args.out, weights, cfg)
+    except (ValueError, OSError) as e:
+        return fail(str(e), status=1)
+    try:
+        v1.save_file(args.out, weights, cfg)
+    except (ValueError, OSError) as e:
+        return fail(str(e), status=1)
     n_params = sum(a.size for a in weights.values())
     print(
-        f"wrote {args.out}: {family.name}, {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"wrote {args.out}: {family.name}, {cfg.n_layers} layer{'' if cfg.n_layers == 1 else 's'}, "
+        f"d_model {cfg.d_model}, "
         f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, "
         f"{n_params / 1e6:.1f}M parameters in {len(weights)} tensors; "
         f"skipped {len(skipped)}: {', '.join(skipped) if skipped else 'none'}"

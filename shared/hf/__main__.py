@@ -1,3 +1,5 @@
+"""``python -m shared.hf FOLDER OUT.safetensors`` (also ``twin-encoder convert``)."""
+
 import sys
 
 from shared.hf import main

@@ -8,12 +8,12 @@ are widened to float32, which is exact; bfloat16 is read through ``ml_dtypes``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shared.atomic import check_output_folder, write_atomic
 
 __all__ = ["open_safetensors", "read_config_json", "read_tensor", "weights_file", "write_folder"]
 
@@ -81,20 +81,17 @@ def read_tensor(fh: Any, name: str, path: Path) -> np.ndarray:
 
 def write_folder(folder: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
     """Write ``config.json`` and ``model.safetensors`` (metadata format "pt", which
-    transformers requires), each through a temporary file and a rename."""
-    from safetensors.numpy import save_file
+    transformers requires), each atomically (``shared.atomic``), with the permissions the
+    umask gives. ``folder`` and its missing parents are created; ``OutputPathError`` when
+    it, or a parent, is a file."""
+    from safetensors import numpy as st_numpy
 
+    folder = check_output_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    for name, write in (
-        ("model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})),
-        ("config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n")),
-    ):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    text = json.dumps(config, indent=2) + "\n"
+    write_atomic(
+        folder / "model.safetensors",
+        lambda tmp: st_numpy.save_file(tensors, tmp, metadata={"format": "pt"}),
+    )
+    write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(text))

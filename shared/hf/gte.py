@@ -7,7 +7,9 @@ GTE: GeGLU (``hidden_act`` "gelu") whose packed ``up_gate_proj`` has no bias whi
 ``down_proj`` has one (mlp_bias=False, mlp_out_bias=True), biases on q, k, v and out,
 ``rope_parameters`` (default base 160000), ``layer_norm_eps`` (1e-12).
 config.json -> EncoderConfig as BERT's (``hidden_size`` -> d_model ...). Task models keep
-the body under ``new.`` (Alibaba's "NewModel").
+the body under ``gte.``, as transformers' ``GteFor...`` classes save it (Alibaba's own
+remote-code checkpoints use ``new.``, which transformers renames on load; read them
+through ``GteModel.from_pretrained(...).save_pretrained(...)``).
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ FAMILY = Family(
     name="GTE",
     model_types=("gte",),
     architecture="GteModel",
-    prefix="new.",
+    prefix="gte.",
     skipped=("pooler.*", "rotary_emb.*"),
     config=lambda data: bert_rope_config(data, DEFAULTS, **BIASES),
     export_config=lambda cfg: bert_rope_export(cfg, "GTE", **BIASES),

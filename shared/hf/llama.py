@@ -160,6 +160,10 @@ def export_decoder_config(
         "attention_bias": cfg.attention_bias,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": False,
+        # token ids are the tokenizer's, not the encoder's: none within a small vocabulary
+        "pad_token_id": None,
+        "bos_token_id": None,
+        "eos_token_id": None,
     }
     if not qk_norm:
         config["mlp_bias"] = cfg.mlp_bias

@@ -1,23 +1,27 @@
 """Where XLA:CPU's backward pass loses: one BERT-base layer, block by block, op by op.
 
-    python -m benchmarks.backward_profile [--batch 8] [--seq-len 128] [--repeats 15]
+    python -m studies.backward_profile [--batch 8] [--seq-len 128] [--repeats 15]
 
 Five parts, BERT-base shapes (D=768, H=12, F=3072, exact GELU, post-norm), B=8, T=128:
 
 1. each block of one encoder layer (ours: the layer, attention, feed-forward, one LayerNorm)
-   under ``jax.jit``, forward and forward + backward, PyTorch's eager autograd of the same
-   modules beside it, and a large square matmul (the measured peak, as ``benchmarks.peaks``)
-   timed in the same rounds; the analytic ratio of forward + backward to forward is 3 for
+   (the project's modules: ``EncoderLayer``, ``MultiHeadAttention``, ``FeedForward`` and the
+   layer's own first LayerNorm) under ``jax.jit``, forward and forward + backward,
+   PyTorch's eager autograd of the same modules beside it, and the large square matmul of
+   ``benchmarks.peaks`` (the measured peak) timed in the same rounds; the analytic ratio of forward + backward to forward is 3 for
    the matrix products (``shared/flops.py``);
 2. the element-wise pieces alone (GELU, softmax, LayerNorm, the head split);
 3. the layer written out as a function (:func:`layer_function`, tested equal to
-   ``EncoderLayer``) with one kind of non-matmul work taken out at a time;
+   ``EncoderLayer`` in value and gradient) with one kind of non-matmul work taken out at a
+   time: the study's apparatus, since the project's layer has no switch to drop its layer
+   norms or its activation;
 4. the same layer in other formulations of the same function;
 5. ``jax.profiler`` traces of the layer's forward and forward + backward, XLA's operations
    (thunks) ranked by their share of the wall time, and totals by kind of operation, so
    that the backward's extra time is named op by op.
 
-Measuring on a shared machine: every candidate is timed in the same rounds, alternating, and
+Timing is the benchmark harness's (``benchmarks.harness.time_interleaved``). Measuring on a
+shared machine: every candidate is timed in the same rounds, alternating, and
 each figure is given three ways: the median wall time, the minimum wall time (the least
 disturbed call) and the median CPU time of this process (``time.process_time``: what the
 call cost the cores, which other processes inflate far less than wall time). Utilisation is
@@ -38,9 +42,7 @@ import dataclasses
 import glob
 import os
 import re
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,15 +52,15 @@ import numpy as np
 import torch
 from flax import nnx
 
-import jax_impl.attention
-import jax_impl.encoder
-import torch_impl.attention
-import torch_impl.encoder
+import jax_impl
+import torch_impl
+from benchmarks.harness import Timings, time_interleaved
+from benchmarks.peaks import peak_matmul_size
 from shared.config import EncoderConfig
 from shared.flops import matmul_flops
 
 BLOCKS = ("layer", "attention", "feed-forward", "layer norm")
-PEAK_N = 2048  # side of the peak matmul, as benchmarks.peaks uses on a CPU
+PEAK_N = peak_matmul_size("cpu")  # the side of the benchmarks' peak matmul on a CPU
 
 
 def bert_base_layer() -> EncoderConfig:
@@ -94,23 +96,23 @@ def block_flops(block: str, cfg: EncoderConfig, b: int, t: int) -> int:
 def jax_block(block: str, cfg: EncoderConfig) -> nnx.Module:
     rngs = nnx.Rngs(0)
     if block == "layer":
-        return jax_impl.encoder.EncoderLayer(cfg, rngs=rngs)
+        return jax_impl.EncoderLayer(cfg, rngs=rngs)
     if block == "attention":
-        return jax_impl.attention.MultiHeadAttention(cfg.d_model, cfg.n_heads, rngs=rngs)
+        return jax_impl.MultiHeadAttention(cfg.d_model, cfg.n_heads, rngs=rngs)
     if block == "feed-forward":
-        return jax_impl.encoder.FeedForward(cfg, rngs=rngs)
-    return jax_impl.encoder.layer_norm(cfg, None, rngs)
+        return jax_impl.FeedForward(cfg, rngs=rngs)
+    return jax_impl.EncoderLayer(cfg, rngs=rngs).norm1
 
 
 def torch_block(block: str, cfg: EncoderConfig) -> torch.nn.Module:
     torch.manual_seed(0)
     if block == "layer":
-        return torch_impl.encoder.EncoderLayer(cfg)
+        return torch_impl.EncoderLayer(cfg)
     if block == "attention":
-        return torch_impl.attention.MultiHeadAttention(cfg.d_model, cfg.n_heads)
+        return torch_impl.MultiHeadAttention(cfg.d_model, cfg.n_heads)
     if block == "feed-forward":
-        return torch_impl.encoder.FeedForward(cfg)
-    return torch_impl.encoder.layer_norm(cfg, None)
+        return torch_impl.FeedForward(cfg)
+    return torch_impl.EncoderLayer(cfg).norm1
 
 
 def _first(y: Any) -> Any:
@@ -148,34 +150,10 @@ def torch_functions(module: torch.nn.Module, cotangent: torch.Tensor) -> tuple[C
 # --- timing -------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Timings:
-    """Seconds per call: wall-clock and this process's CPU time."""
-
-    wall: list[float] = dataclasses.field(default_factory=list)
-    cpu: list[float] = dataclasses.field(default_factory=list)
-
-    def add(self, call: Callable[[], None]) -> None:
-        c0, t0 = time.process_time(), time.perf_counter()
-        call()
-        self.wall.append(time.perf_counter() - t0)
-        self.cpu.append(time.process_time() - c0)
-
-    @property
-    def summary(self) -> tuple[float, float, float]:
-        """(median wall, minimum wall, median CPU)."""
-        return statistics.median(self.wall), min(self.wall), statistics.median(self.cpu)
-
-
-def interleaved(calls: dict[str, Callable[[], None]], repeats: int) -> dict[str, Timings]:
-    """Each call once to warm up (compiles), then ``repeats`` rounds of every call in turn."""
-    for call in calls.values():
-        call()
-    timings = {name: Timings() for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            timings[name].add(call)
-    return timings
+def summary(timings: Timings) -> tuple[float, float, float]:
+    """(median wall, minimum wall, median CPU) seconds per call."""
+    wall, cpu = timings.wall_stats, timings.cpu_stats
+    return wall.median, wall.minimum, cpu.median
 
 
 def time_blocks(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, Timings]:
@@ -196,11 +174,11 @@ def time_blocks(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, T
         fwd_t, both_t = torch_functions(torch_block(block, cfg), g_t)
         calls[f"torch {block} fwd"] = lambda f=fwd_t: f(x_t)
         calls[f"torch {block} fwd+bwd"] = lambda f=both_t: f(x_t)
-    return interleaved(calls, repeats)
+    return time_interleaved(calls, repeats)
 
 
 def print_blocks(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int) -> None:
-    _, peak_wall_min, peak_cpu = timings["peak matmul"].summary
+    _, peak_wall_min, peak_cpu = summary(timings["peak matmul"])
     peak_flops = matmul_flops(PEAK_N, PEAK_N, PEAK_N)
     print(
         f"peak matmul ({PEAK_N}^3): {peak_flops / peak_wall_min / 1e9:.0f} GFLOP/s at the "
@@ -216,9 +194,9 @@ def print_blocks(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int
     for framework in ("jax", "torch"):
         for block in BLOCKS:
             flops = block_flops(block, cfg, b, t)
-            fwd = timings[f"{framework} {block} fwd"].summary
+            fwd = summary(timings[f"{framework} {block} fwd"])
             for phase, multiple in (("fwd", 1), ("fwd+bwd", 3)):
-                wall_med, wall_min, cpu = timings[f"{framework} {block} {phase}"].summary
+                wall_med, wall_min, cpu = summary(timings[f"{framework} {block} {phase}"])
                 ratio = (
                     f"{wall_min / fwd[1]:6.2f} {cpu / fwd[2]:6.2f}"
                     if phase == "fwd+bwd"
@@ -247,7 +225,7 @@ def pieces(cfg: EncoderConfig, b: int, t: int) -> dict[str, tuple[Callable, tupl
     the paper and PyTorch write it (through ``erf``); the same function, two formulations.
     """
     h, hd, d = cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.d_model
-    norm = jax_impl.encoder.layer_norm(cfg, None, nnx.Rngs(0))
+    norm = jax_impl.EncoderLayer(cfg, rngs=nnx.Rngs(0)).norm1
     return {
         "gelu via erfc (jax.nn.gelu)": (
             lambda x: jax.nn.gelu(x, approximate=False),
@@ -281,15 +259,15 @@ def time_pieces(cfg: EncoderConfig, b: int, t: int, repeats: int) -> dict[str, T
         fwd, grad = jax.jit(fn), jax.jit(jax.grad(loss))
         calls[f"{name} fwd"] = lambda f=fwd, x=x: jax.block_until_ready(f(x))
         calls[f"{name} grad"] = lambda f=grad, x=x: jax.block_until_ready(f(x))
-    return interleaved(calls, repeats)
+    return time_interleaved(calls, repeats)
 
 
 def print_pieces(timings: dict[str, Timings], cfg: EncoderConfig, b: int, t: int) -> None:
     print("\nelement-wise pieces alone, under jax.jit (CPU ms per call, median):")
     print(f"{'piece':34s} {'output':>7s} {'input gradient':>15s}")
     for name in pieces(cfg, b, t):
-        fwd = timings[f"{name} fwd"].summary[2]
-        grad = timings[f"{name} grad"].summary[2]
+        fwd = summary(timings[f"{name} fwd"])[2]
+        grad = summary(timings[f"{name} grad"])[2]
         print(f"{name:34s} {1e3 * fwd:7.2f} {1e3 * grad:15.2f}")
 
 
@@ -469,16 +447,16 @@ def time_variants(
         fwd, both = jax.jit(loss), jax.jit(jax.grad(loss, argnums=(0, 1)))
         calls[f"{name} fwd"] = lambda f=fwd: jax.block_until_ready(f(params, x))
         calls[f"{name} fwd+bwd"] = lambda f=both: jax.block_until_ready(f(params, x))
-    return interleaved(calls, repeats)
+    return time_interleaved(calls, repeats)
 
 
 def print_variants(timings: dict[str, Timings], variants: dict[str, dict], title: str) -> None:
     print(f"\nthe layer {title} (CPU ms per call, median):")
     print(f"{'variant':22s} {'fwd':>7s} {'fwd+bwd':>8s} {'ratio':>6s} {'saved':>14s}")
-    built = timings["as built fwd+bwd"].summary[2]
+    built = summary(timings["as built fwd+bwd"])[2]
     for name in variants:
-        fwd = timings[f"{name} fwd"].summary[2]
-        both = timings[f"{name} fwd+bwd"].summary[2]
+        fwd = summary(timings[f"{name} fwd"])[2]
+        both = summary(timings[f"{name} fwd+bwd"])[2]
         print(
             f"{name:22s} {1e3 * fwd:7.1f} {1e3 * both:8.1f} {both / fwd:6.2f} "
             f"{1e3 * (built - both):8.1f} ({(built - both) / built:4.0%})"

@@ -1,4 +1,4 @@
-"""``benchmarks.backward_profile``: the profile's attribution, the op kinds it reports, and
+"""``studies.backward_profile``: the profile's attribution, the op kinds it reports, and
 the written-out layer its ablations start from. Nothing here asserts a timing."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import jax_impl.encoder
-from benchmarks import backward_profile
+import jax_impl
 from shared.tolerances import assert_close, tolerance
+from studies import backward_profile
 
 
 def test_wall_time_is_split_equally_among_the_thunks_running_at_each_instant():
@@ -42,7 +42,7 @@ def test_the_written_out_layer_equals_encoder_layer_with_the_same_weights(formul
         backward_profile.bert_base_layer(), d_model=16, n_heads=2, d_ff=32, max_len=8
     )
     params = backward_profile.layer_parameters(cfg)
-    module = jax_impl.encoder.EncoderLayer(cfg, rngs=nnx.Rngs(0))
+    module = jax_impl.EncoderLayer(cfg, rngs=nnx.Rngs(0))
     attention, ffn = module.attention, module.ffn
     for name, linear in {
         "q": attention.q,

@@ -1,6 +1,6 @@
 """Why JAX's train step trails on the CPU: the feed-forward block's backward pass, measured.
 
-    python -m benchmarks.ffn_backward
+    python -m studies.ffn_backward
 
 Times ``sum(act(x @ W1) @ W2)`` under ``jax.jit``, forward and forward + backward, with the
 BERT-base FFN shapes (B=8, T=128, D=768, F=3072), for each activation, once with ``x`` as
@@ -13,8 +13,6 @@ form when an activation's derivative sits between the matmuls, which is why both
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,7 @@ import torch
 
 import jax_impl.precision
 import torch_impl.precision
+from benchmarks.harness import summarize, time_calls
 
 ACTIVATIONS = {
     "identity": (lambda h: h, lambda h: h),
@@ -36,14 +35,10 @@ ACTIVATIONS = {
 
 
 def _median_ms(fn, args: tuple, repeats: int, sync=jax.block_until_ready) -> float:
-    """Median wall time of ``sync(fn(*args))`` after one warm-up call (which compiles)."""
+    """Median wall time of ``sync(fn(*args))`` after one warm-up call (which compiles), timed
+    by the benchmark harness."""
     sync(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sync(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * summarize(time_calls(lambda: fn(*args), sync, repeats)).median
 
 
 def _jax_loss(act):

@@ -1,6 +1,6 @@
 """XLA's own memory plan of the jitted loss-and-gradient of the JAX encoder, per attention backend.
 
-    python -m benchmarks.memory_plan [--seq-len 2048] [--config bert-base]
+    python -m studies.memory_plan [--seq-len 2048] [--config bert-base]
 
 Prints, for each backend, the sizes XLA's buffer assignment gives the compiled program
 (``jax.jit(...).lower(...).compile().memory_analysis()``): arguments (the parameters),

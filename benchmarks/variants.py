@@ -1,0 +1,59 @@
+"""The variants a row can time: one registry, read by the command line, the suites and both
+framework runners.
+
+A variant is an *implementation* of the encoder (ours, or a peer built from the framework's
+own modules) with, for ours, one attention backend of ``shared/backends.py``. Each runner
+keeps one builder per implementation (``run_torch.BUILDERS``, ``run_jax.BUILDERS``): adding
+a peer is one :class:`Variant` here and one builder in each runner that supports it (a
+runner without a builder skips the rows, with the reason).
+
+This module needs neither torch nor JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from shared.backends import BACKENDS
+
+__all__ = ["OURS_VARIANTS", "REGISTRY", "VARIANTS", "Variant", "variant"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One thing to time: ``name`` as the command line spells it."""
+
+    name: str
+    implementation: str  # which encoder: "ours", or a peer ("native", ...)
+    backend: str  # ours: an attention backend of shared/backends.py; a peer: its own name
+    description: str
+    shardable: bool = False  # the sharding plan of shared/parallel.py applies (ours only)
+
+
+_OURS = {
+    "math": "attention written out: softmax(Q K^T / sqrt(hd)) V",
+    "fused": "torch SDPA / jax.nn.dot_product_attention",
+    "flash": "FlashAttention-2 written out (torch_impl/flash.py, jax_impl/flash.py)",
+}
+
+REGISTRY: dict[str, Variant] = {
+    **{
+        f"ours-{b}": Variant(f"ours-{b}", "ours", b, _OURS.get(b, b), shardable=True)
+        for b in BACKENDS
+    },
+    "native": Variant(
+        "native",
+        "native",
+        "native",
+        "our embeddings + nn.TransformerEncoder, or + a stack of nnx.MultiHeadAttention",
+    ),
+}
+VARIANTS: tuple[str, ...] = tuple(REGISTRY)
+OURS_VARIANTS: tuple[str, ...] = tuple(n for n, v in REGISTRY.items() if v.implementation == "ours")
+
+
+def variant(name: str) -> Variant:
+    """The registered variant ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"variant={name!r} must be one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]

@@ -1,0 +1,48 @@
+"""``benchmarks/gpu_check.sh``: the plan it prints, and what it does without a GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _gpu_check(*args: str, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+
+
+def test_gpu_check_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    done = _gpu_check("--dry-run", out=tmp_path / "gc")
+    assert done.returncode == 0, done.stderr
+    plan = [line for line in done.stdout.splitlines() if line.startswith("plan: ")]
+    names = [line.split("]")[0].removeprefix("plan: [") for line in plan]
+    assert names == ["versions", "parity-gpu", "bert-base-bf16-sweep", "bert-large-bf16-train-step"]
+    assert "--device gpu" in plan[1] and "ours-math,ours-fused,ours-flash" in plan[2]
+    assert "parity_tests/test_masked_keys.py" in plan[1]  # cuDNN with a padding mask
+    assert "--batch 32 --seq-lens 512" in plan[3]
+    assert sum(int(line.split("(limit ")[1].split("s)")[0]) for line in plan) <= 8 * 60
+    assert not (tmp_path / "gc").exists()
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="the CPU fallback needs a machine without a GPU"
+)
+def test_gpu_check_without_a_gpu_records_versions_and_skips_the_gpu_steps(tmp_path):
+    done = _gpu_check(out=tmp_path / "gc")
+    assert done.returncode == 0, done.stdout + done.stderr
+    versions = (tmp_path / "gc" / "versions.log").read_text()
+    assert f"torch         {torch.__version__}" in versions
+    skipped = (tmp_path / "gc" / "skipped.txt").read_text().splitlines()
+    assert len(skipped) == 3 and all("no GPU" in line for line in skipped)
