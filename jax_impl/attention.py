@@ -372,6 +372,7 @@ class RMSNorm(nnx.Module):
     result in x's dtype. Scale initialised to one."""
 
     def __init__(self, width: int, eps: float, *, dtype=None) -> None:
+        check_dtype(dtype)
         self.eps = eps
         self.scale = nnx.Param(jnp.ones((width,), dtype=dtype or jnp.float32))
 
