@@ -119,6 +119,12 @@ def check(mesh: MeshSpec, cfg, batch: int) -> None:
     """``ValueError`` when ``batch`` or ``cfg`` cannot be split over ``mesh``."""
     plan.check_batch(batch, mesh.sizes["data"])
     plan.check_model_split(cfg, mesh.sizes["model"])
+    if mesh.sizes["seq"] > 1:
+        raise ValueError(
+            "the encoder does not run context-parallel "
+            "attention yet (torch_impl/context.py and jax_impl/context.py are attention-level "
+            "only), so a seq row would time the model replicated along seq; use seq=1"
+        )
 
 
 # --- running a case on a mesh -----------------------------------------------------------------

@@ -5,7 +5,7 @@ The model is timed as a pure function: ``nnx.split`` separates the module into a
 graph definition and its state (parameters, and the rest), and the timed functions take
 the state as arguments and ``nnx.merge`` it back inside. ``jax.jit`` of such a function
 costs nothing per call beyond JAX's dispatch, whereas ``nnx.jit`` would walk the module's
-object graph in Python on every call (pitfalls.md, "Flax NNX overhead").
+object graph in Python on every call (docs/pitfalls.md, "Benchmarks").
 
 Phases, as in ``run_torch`` (loss ``mean(h**2)`` over float32 hidden states):
 

@@ -130,7 +130,7 @@ def hide_masked_keys(
             visible = visible.reshape(visible.shape[0], k.shape[1], -1, s).any(axis=2)
     if is_causal and (mask is None or mask.shape[-2] == 1):
         reach = jnp.arange(s) < q_len  # (S,): some query t >= s exists
-        visible = reach[None, None] if visible is None else visible & reach
+        visible = reach[None, None] if visible is None else visible & reach[None, None]
     if key_padding_mask is not None:
         real = key_padding_mask.astype(bool)[:, None, :]  # (B, 1, S)
         visible = real if visible is None else visible & real
@@ -218,8 +218,9 @@ def query_blocks(j_start, j_stop, t: int, block_q: int, is_causal: bool, window)
     return lo // block_q, jnp.where(hi > lo, -(-hi // block_q), lo // block_q)
 
 
-def flash_forward(q, k, v, mask, key_padding_mask, is_causal, window, block_q, block_k):
+def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, window=None):
     """Algorithm 1. Returns ``(O (B, H, T, hd) in v's dtype, L (B, H, T) log-sum-exp)``.
+    ``window``: keys |t - s| <= window only (None: no window).
 
     1. Split Q into blocks Q_i of Br rows, K and V into blocks K_j, V_j of Bc rows.
     2. For each Q_i: m_i = -inf, l_i = 0, O_i = 0 (in the accumulator dtype).
@@ -278,7 +279,7 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, window, block_q, b
 
 
 def flash_backward(
-    q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, window, block_q, block_k
+    q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, block_q, block_k, window=None
 ):
     """Algorithm 2. Returns ``(dQ, dK, dV)`` in the inputs' dtypes.
 
@@ -352,21 +353,23 @@ def flash_backward(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _flash_attention(q, k, v, mask, key_padding_mask, is_causal, window, block_q, block_k):
-    geometry = (is_causal, window, block_q, block_k)
-    return flash_forward(q, k, v, mask, key_padding_mask, *geometry)[0]
+    geometry = (is_causal, block_q, block_k)
+    return flash_forward(q, k, v, mask, key_padding_mask, *geometry, window=window)[0]
 
 
 def _flash_attention_fwd(q, k, v, mask, key_padding_mask, is_causal, window, block_q, block_k):
     """Saves Q, K, V, O and L (all linear in T); the backward recomputes the weights."""
-    geometry = (is_causal, window, block_q, block_k)
-    out, lse = flash_forward(q, k, v, mask, key_padding_mask, *geometry)
+    geometry = (is_causal, block_q, block_k)
+    out, lse = flash_forward(q, k, v, mask, key_padding_mask, *geometry, window=window)
     return out, (q, k, v, out, lse, mask, key_padding_mask)
 
 
 def _flash_attention_bwd(is_causal, window, block_q, block_k, saved, d_out):
     q, k, v, out, lse, mask, key_padding_mask = saved
-    geometry = (is_causal, window, block_q, block_k)
-    dq, dk, dv = flash_backward(q, k, v, out, lse, d_out, mask, key_padding_mask, *geometry)
+    geometry = (is_causal, block_q, block_k)
+    dq, dk, dv = flash_backward(
+        q, k, v, out, lse, d_out, mask, key_padding_mask, *geometry, window=window
+    )
     return dq, dk, dv, None, None
 
 

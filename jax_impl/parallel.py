@@ -1,4 +1,4 @@
-"""Many devices in JAX: a ("data", "model") mesh and the shared plan as ``NamedSharding``.
+"""Many devices in JAX: a ("data", "model", "seq") mesh and the shared plan as ``NamedSharding``.
 
 Mirrors ``torch_impl/parallel.py``. Three steps, as in PyTorch::
 
@@ -40,15 +40,20 @@ from shared import weights as v1
 __all__ = ["export_weights", "load", "make_mesh", "parallelize", "place_batch", "save"]
 
 
-def make_mesh(*, data: int = 1, model: int = 1) -> Mesh:
-    """A (data, model) mesh over the first ``data * model`` devices, axes named as the plan's."""
+def make_mesh(*, data: int = 1, model: int = 1, seq: int = 1) -> Mesh:
+    """A (data, model, seq) mesh over the first ``data * model * seq`` devices, axes named as
+    the plan's.
+
+    ``jax_impl.context`` runs attention under ``jax.shard_map`` over its "seq" axis (context
+    parallelism); ``parallelize`` leaves the encoder's parameters whole along "seq".
+    """
     devices = jax.devices()
-    plan.check_mesh(plan.AXES, (data, model), [str(d) for d in devices])
+    plan.check_mesh(plan.AXES, (data, model, seq), [str(d) for d in devices])
     return jax.make_mesh(
-        (data, model),
+        (data, model, seq),
         plan.AXES,
-        axis_types=(AxisType.Auto,) * 2,  # jax.make_mesh defaults to Explicit axes
-        devices=devices[: data * model],
+        axis_types=(AxisType.Auto,) * 3,  # jax.make_mesh defaults to Explicit axes
+        devices=devices[: data * model * seq],
     )
 
 

@@ -206,7 +206,9 @@ def test_values_of_sharded_inputs_are_not_read_but_shapes_are_checked():
 def test_bad_meshes_and_splits_name_what_was_expected_and_what_was_got():
     with pytest.raises(
         ValueError,
-        match=re.escape("data=4 x model=2 needs 8 devices, got 4: cpu:0, cpu:1, cpu:2, cpu:3"),
+        match=re.escape(
+            "data=4 x model=2 x seq=1 needs 8 devices, got 4: cpu:0, cpu:1, cpu:2, cpu:3"
+        ),
     ):
         parallel.make_mesh(data=4, model=2)
     with pytest.raises(
@@ -228,7 +230,7 @@ def test_bad_meshes_and_splits_name_what_was_expected_and_what_was_got():
         parallel.place_batch(np.zeros((3, 4), np.int32), parallel.make_mesh(data=2))
     other = jax.make_mesh((2, 2), ("x", "y"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     with pytest.raises(
-        ValueError, match=re.escape("mesh axes must be ('data', 'model'), got ('x', 'y')")
+        ValueError, match=re.escape("mesh axes must be ('data', 'model', 'seq'), got ('x', 'y')")
     ):
         parallel.parallelize(jax_impl.from_weights(random_weights(CFG), CFG), other)
 

@@ -197,7 +197,7 @@ def test_help_answers_without_importing_torch_or_jax():
             "neither a preset",
         ),
         (("--variants", "ours-math,hf"), "expected a comma-separated list of ours-math"),
-        (("--mesh", "pipe=2"), "expected data=N,model=N[,fsdp]"),
+        (("--mesh", "pipe=2"), "expected data=N,model=N,seq=N[,fsdp]"),
     ],
 )
 def test_a_bad_command_line_exits_2_with_one_line_before_importing_a_framework(args, message):

@@ -100,13 +100,13 @@ def test_mesh_option_parses_any_plan_axis_and_fsdp_and_rejects_the_rest():
     assert parse_mesh("data=2,model=2") == MeshSpec.of({"data": 2, "model": 2})
     assert parse_mesh("data=2,fsdp") == MeshSpec((("data", 2),), fsdp=True)
     assert parse_mesh("model=4").name == "model=4"
-    assert parse_mesh("model=4").sizes == {"data": 1, "model": 4}
+    assert parse_mesh("model=4").sizes == {"data": 1, "model": 4, "seq": 1}
     assert parse_mesh("data=2,model=3").devices == 6
     assert MeshSpec().devices == 1 and MeshSpec().name == ""
     for bad in ("data=0", "pipe=2", "data=two", "fsdp=1"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected data=N,model=N"):
             parse_mesh(bad)
-    with pytest.raises(ValueError, match="mesh axes must be among data, model, got"):
+    with pytest.raises(ValueError, match="mesh axes must be among data, model, seq, got"):
         MeshSpec.of({"pipe": 2})
 
 

@@ -1,6 +1,6 @@
 """Checkpoint format v1: round trips, cross-framework loading, metadata, strict loading, atomic save.
 
-The format is framework-neutral (design.md, "Checkpoint format v1"): a safetensors file with a
+The format is framework-neutral (docs/design.md, "The checkpoint format"): a safetensors file with a
 flat ``{name: array}`` map, linear weights stored (in, out), and the metadata
 ``{"format": "twin-encoder/1", "config": <EncoderConfig JSON>}``. Bad files are written here
 with ``safetensors.numpy`` directly, not with our writer, so that the loader is tested against
@@ -96,7 +96,7 @@ def _metadata(cfg: EncoderConfig) -> dict[str, str]:
 
 
 def _v1_names(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """The table of design.md, "Checkpoint format v1", written out by hand for FULL/PLAIN."""
+    """The table of docs/design.md, "The checkpoint format", written out by hand for FULL/PLAIN."""
     d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
     names = {"embeddings.token.weight": (v, d)}
     if cfg.positional == "learned":

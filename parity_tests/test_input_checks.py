@@ -456,6 +456,12 @@ DTYPE_TAKERS = {
         VIT, dtype=d, rngs=_rngs()
     ),
     "jax_impl.encoder.Embeddings": lambda d: jax_impl.Embeddings(SMALL, dtype=d, rngs=_rngs()),
+    "jax_impl.encoder.TokenEmbeddings": lambda d: jax_impl.encoder.TokenEmbeddings(
+        SMALL, dtype=d, rngs=_rngs()
+    ),
+    "jax_impl.encoder.PatchProjection": lambda d: jax_impl.encoder.PatchProjection(
+        VIT, dtype=d, rngs=_rngs()
+    ),
     "jax_impl.encoder.FeedForward": lambda d: jax_impl.FeedForward(SMALL, dtype=d, rngs=_rngs()),
     "jax_impl.encoder.EncoderLayer": lambda d: jax_impl.EncoderLayer(SMALL, dtype=d, rngs=_rngs()),
     "jax_impl.encoder.Encoder": lambda d: jax_impl.Encoder(SMALL, dtype=d, rngs=_rngs()),

@@ -129,10 +129,12 @@ def test_collective_bytes_by_hand_for_a_tiny_step():
 
 
 def test_bad_mesh_shapes_name_what_was_expected_and_what_was_got():
-    with pytest.raises(ValueError, match=r"mesh axes must be \('data', 'model'\), got \('x',\)"):
+    with pytest.raises(
+        ValueError, match=r"mesh axes must be \('data', 'model', 'seq'\), got \('x',\)"
+    ):
         plan.check_mesh(("x",), (2,), ["cpu:0", "cpu:1"])
     with pytest.raises(ValueError, match="needs 4 devices, got 2: cpu:0, cpu:1"):
-        plan.check_mesh(plan.AXES, (2, 2), ["cpu:0", "cpu:1"])
+        plan.check_mesh(plan.AXES, (2, 2, 1), ["cpu:0", "cpu:1"])
     with pytest.raises(ValueError, match="d_ff=30 is not divisible by the mesh's model=4"):
         plan.check_model_split(CFG.replace(d_ff=30), 4)
     with pytest.raises(ValueError, match="batch=5 is not divisible by the mesh's data=2"):
@@ -324,7 +326,7 @@ def test_torch_bad_meshes_splits_and_batches_name_what_was_expected_and_got(tmp_
     parallel.launch(W.bad_inputs, 2, str(tmp_path), timeout_s=120)
     errors = dict(np.load(tmp_path / "errors.npz"))
     assert str(errors["too_many"]) == (
-        "mesh data=4 x model=2 needs 8 devices, got 2: cpu rank 0, cpu rank 1"
+        "mesh data=4 x model=2 x seq=1 needs 8 devices, got 2: cpu rank 0, cpu rank 1"
     )
     assert str(errors["heads"]).startswith("n_heads=1 is not divisible by the mesh's model=2")
     assert str(errors["d_ff"]) == "d_ff=33 is not divisible by the mesh's model=2"

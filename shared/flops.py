@@ -21,7 +21,7 @@ feed-forward out           (B*T, F) @ (F, D)                         2*B*T*F*D
 =========================  =======================================  ==================
 
 Sum: ``2*B*T*(4*D^2 + 2*D*F) + 4*B*T^2*D``; with the paper's F = 4D this is the familiar
-``24*B*T*D^2 + 4*B*T^2*D`` (pitfalls.md, "Benchmark traps").
+``24*B*T*D^2 + 4*B*T^2*D`` (docs/pitfalls.md, "Benchmarks").
 
 Backward: each product ``Y = X W`` needs ``dX = dY W^T`` and ``dW = X^T dY``, two products of
 the forward's size, so forward + backward = 3 x forward (the attention products likewise:

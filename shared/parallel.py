@@ -3,7 +3,7 @@
 Both ``torch_impl/parallel.py`` and ``jax_impl/parallel.py`` read this module, so the plan
 cannot drift between them. Every tensor's logical axes come from ``shared/tensors.py``; the
 plan is rules ``(logical axis, mesh axis)``, in the manner of MaxText's
-``logical_axis_rules``. The mesh has two named axes:
+``logical_axis_rules``. The mesh has three named axes:
 
 * ``"data"``: data parallelism. Each data rank computes a slice of the batch; gradients are
   averaged over ``"data"`` so that they equal the gradients of the global batch.
@@ -14,6 +14,11 @@ plan is rules ``(logical axis, mesh axis)``, in the manner of MaxText's
   head-aligned (whole heads per device: head ``h`` is columns ``h*hd:(h+1)*hd``); ``out``
   and ``ffn.out`` by input rows. Each block then needs one all-reduce of its output: one
   after attention, one after the feed-forward network. Embeddings and norms are replicated.
+* ``"seq"``: context parallelism. The activations' sequence axis is split across the "seq"
+  ranks (:data:`ACTIVATIONS`); attention then needs the other ranks' keys and values, which
+  ``torch_impl/context.py`` and ``jax_impl/context.py`` bring by an all-gather or a ring.
+  Parameters have no sequence axis: they are whole along "seq". With causal attention the
+  sequence can be split in load-balanced order (:func:`seq_positions`).
 
 With ``fsdp=True``, :data:`FSDP` adds rules that shard the parameters (and their optimizer
 state) along ``"data"`` too: embedding tables by their rows, every other tensor on its
@@ -48,10 +53,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from shared.config import EncoderConfig
 from shared.tensors import axes_of, tensors
 
 __all__ = [
+    "ACTIVATIONS",
     "AXES",
     "COLUMNS",
     "FSDP",
@@ -61,13 +69,16 @@ __all__ = [
     "check_batch",
     "check_mesh",
     "check_model_split",
+    "check_seq_split",
     "collective_bytes",
     "rules",
+    "seq_order",
+    "seq_positions",
     "spec",
     "tensor_parallel_style",
 ]
 
-AXES = ("data", "model")
+AXES = ("data", "model", "seq")
 
 Rule = tuple[str, str]  # (logical axis, mesh axis)
 
@@ -85,6 +96,10 @@ FSDP: tuple[Rule, ...] = (
     ("kv_heads", "data"),
     ("mlp", "data"),
 )
+
+# Activations (batch, length, heads, ...): the batch on "data", the sequence on "seq", the
+# heads on "model" (inside attention, as the column-split q, k, v leave them).
+ACTIVATIONS: tuple[Rule, ...] = (("batch", "data"), ("length", "seq"), ("heads", "model"))
 
 COLUMNS = "columns"  # split by output columns on "model": weight (in, out/M), bias (out/M,)
 ROWS = "rows"  # split by input rows on "model": weight (in/M, out), bias whole
@@ -142,16 +157,16 @@ def tensor_parallel_style(name: str) -> str:
 
 
 def check_mesh(axis_names: Sequence[str], shape: Sequence[int], devices: Sequence[str]) -> None:
-    """A mesh must have the axes ("data", "model") and fit in the devices present."""
+    """A mesh must have the axes ("data", "model", "seq") and fit in the devices present."""
     if tuple(axis_names) != AXES:
         raise ValueError(f"mesh axes must be {AXES}, got {tuple(axis_names)}")
+    sizes = " x ".join(f"{a}={n}" for a, n in zip(AXES, shape, strict=True))
     if any(size < 1 for size in shape):
-        raise ValueError(f"mesh sizes must be >= 1, got data={shape[0]}, model={shape[1]}")
-    needed = shape[0] * shape[1]
+        raise ValueError(f"mesh sizes must be >= 1, got {sizes}")
+    needed = math.prod(shape)
     if needed > len(devices):
         raise ValueError(
-            f"mesh data={shape[0]} x model={shape[1]} needs {needed} devices, "
-            f"got {len(devices)}: {', '.join(devices)}"
+            f"mesh {sizes} needs {needed} devices, got {len(devices)}: {', '.join(devices)}"
         )
 
 
@@ -180,6 +195,58 @@ def check_batch(batch: int, data: int) -> None:
             f"batch={batch} is not divisible by the mesh's data={data}: every data rank "
             "needs the same number of sequences"
         )
+
+
+def check_seq_split(seq_len: int, seq: int, *, load_balance: bool = False) -> None:
+    """Context parallelism gives every "seq" rank the same number of positions: ``seq_len``
+    must divide into ``seq`` shards (``2 * seq`` chunks with ``load_balance``)."""
+    if seq < 1:
+        raise ValueError(f"the mesh's seq must be >= 1, got seq={seq}")
+    parts = 2 * seq if load_balance else seq
+    if seq_len % parts != 0:
+        what = f"2 * seq = {parts} chunks (load balancing)" if load_balance else f"seq={seq}"
+        raise ValueError(
+            f"seq_len={seq_len} is not divisible by the mesh's {what}: every seq rank "
+            "needs the same number of positions"
+        )
+
+
+def seq_positions(seq_len: int, seq: int, rank: int, *, load_balance: bool = False):
+    """The global positions (int64, ascending within each chunk) that "seq" rank ``rank``
+    holds, in the order it holds them.
+
+    Without load balancing rank r holds the r-th of ``seq`` contiguous shards. With it the
+    sequence is cut into 2W chunks (W = ``seq``) and rank r holds chunks r and 2W-1-r: under
+    causal attention the later a query, the more keys it sees, so pairing an early chunk with
+    a late one gives every rank the same number of (query, key) pairs to compute. (The
+    "zig-zag" order of ring attention implementations such as Megatron-LM's context
+    parallelism; Liu et al., "Ring Attention with Blockwise Transformers", 2023, for the ring.)
+
+    ``seq_positions(8, 2, 0, load_balance=True)`` -> ``[0, 1, 6, 7]``.
+    """
+    check_seq_split(seq_len, seq, load_balance=load_balance)
+    if not 0 <= rank < seq:
+        raise ValueError(f"rank must be in [0, {seq}), got {rank}")
+    if not load_balance:
+        size = seq_len // seq
+        return np.arange(rank * size, (rank + 1) * size, dtype=np.int64)
+    size = seq_len // (2 * seq)
+    first, second = rank, 2 * seq - 1 - rank
+    return np.concatenate(
+        [
+            np.arange(first * size, (first + 1) * size, dtype=np.int64),
+            np.arange(second * size, (second + 1) * size, dtype=np.int64),
+        ]
+    )
+
+
+def seq_order(seq_len: int, seq: int, *, load_balance: bool = False):
+    """(seq_len,) int64: the global positions in the order the "seq" ranks hold them, rank 0
+    first. ``x[..., seq_order(...), ...]`` puts a sequence in that order (split it in ``seq``
+    equal contiguous shards along that axis); ``np.argsort`` of it puts it back."""
+    return np.concatenate(
+        [seq_positions(seq_len, seq, r, load_balance=load_balance) for r in range(seq)]
+    )
 
 
 def collective_bytes(

@@ -126,7 +126,7 @@ def hide_masked_keys(
             visible = visible.reshape(visible.shape[0], k.shape[1], -1, s).any(dim=2)
     if is_causal and (mask is None or mask.shape[-2] == 1):
         reach = torch.arange(s, device=k.device) < q_len  # (S,): some query t >= s exists
-        visible = reach[None, None] if visible is None else visible & reach
+        visible = reach[None, None] if visible is None else visible & reach[None, None]
     if key_padding_mask is not None:
         real = key_padding_mask.bool()[:, None, :]  # (B, 1, S)
         visible = real if visible is None else visible & real
@@ -209,8 +209,9 @@ def query_blocks(
     return lo // block_q, -(-hi // block_q) if hi > lo else lo // block_q
 
 
-def flash_forward(q, k, v, mask, key_padding_mask, is_causal, window, block_q, block_k):
+def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, window=None):
     """Algorithm 1. Returns ``(O (B, H, T, hd) in v's dtype, L (B, H, T) log-sum-exp)``.
+    ``window``: keys |t - s| <= window only (None: no window).
 
     1. Split Q into blocks Q_i of Br rows, K and V into blocks K_j, V_j of Bc rows.
     2. For each Q_i: m_i = -inf, l_i = 0, O_i = 0 (in the accumulator dtype).
@@ -257,7 +258,7 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, window, block_q, b
 
 @torch.compiler.disable  # the backward runs eagerly too, even when a compiled step calls it
 def flash_backward(
-    q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, window, block_q, block_k
+    q, k, v, out, lse, d_out, mask, key_padding_mask, is_causal, block_q, block_k, window=None
 ):
     """Algorithm 2. Returns ``(dQ, dK, dV)`` in the inputs' dtypes.
 
@@ -307,14 +308,18 @@ class _FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, key_padding_mask, is_causal, window, block_q, block_k):
-        geometry = (is_causal, window, block_q, block_k)
-        out, lse = flash_forward(q, k, v, mask, key_padding_mask, *geometry)
+        out, lse = flash_forward(
+            q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, window=window
+        )
         ctx.save_for_backward(q, k, v, out, lse, mask, key_padding_mask)
-        ctx.options = geometry
+        ctx.options = (is_causal, block_q, block_k)
+        ctx.window = window
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, out, lse, mask, key_padding_mask = ctx.saved_tensors
-        dq, dk, dv = flash_backward(q, k, v, out, lse, d_out, mask, key_padding_mask, *ctx.options)
+        dq, dk, dv = flash_backward(
+            q, k, v, out, lse, d_out, mask, key_padding_mask, *ctx.options, window=ctx.window
+        )
         return dq, dk, dv, None, None, None, None, None, None

@@ -1,4 +1,4 @@
-"""Many devices in PyTorch: a ("data", "model") DeviceMesh and the shared plan through
+"""Many devices in PyTorch: a ("data", "model", "seq") DeviceMesh and the shared plan through
 ``torch.distributed`` (DTensor tensor parallelism, FSDP2, DDP).
 
 Mirrors ``jax_impl/parallel.py``. Three steps, as in JAX, in every process of the group::
@@ -68,19 +68,24 @@ __all__ = [
 STYLES = {plan.COLUMNS: ColwiseParallel, plan.ROWS: RowwiseParallel}
 
 
-def make_mesh(*, data: int = 1, model: int = 1) -> DeviceMesh:
-    """A (data, model) mesh over every process of the group, axes named as the plan's."""
+def make_mesh(*, data: int = 1, model: int = 1, seq: int = 1) -> DeviceMesh:
+    """A (data, model, seq) mesh over every process of the group, axes named as the plan's.
+
+    ``mesh["seq"].get_group()`` is the process group that ``torch_impl.context`` passes key
+    and value blocks around (context parallelism); ``parallelize`` leaves the encoder's
+    parameters whole along "seq".
+    """
     _check_group("make_mesh")
     world = dist.get_world_size()
     device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
     present = [f"{device_type} rank {r}" for r in range(world)]
-    plan.check_mesh(plan.AXES, (data, model), present)
-    if data * model != world:
+    plan.check_mesh(plan.AXES, (data, model, seq), present)
+    if data * model * seq != world:
         raise ValueError(
-            f"mesh data={data} x model={model} must use all {world} processes, got "
-            f"{data * model}: {', '.join(present)}"
+            f"mesh data={data} x model={model} x seq={seq} must use all {world} processes, "
+            f"got {data * model * seq}: {', '.join(present)}"
         )
-    return init_device_mesh(device_type, (data, model), mesh_dim_names=plan.AXES)
+    return init_device_mesh(device_type, (data, model, seq), mesh_dim_names=plan.AXES)
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool = False) -> nn.Module:

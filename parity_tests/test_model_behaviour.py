@@ -217,7 +217,7 @@ def test_with_is_causal_position_t_does_not_depend_on_later_tokens(fw, cfg, back
 def test_fully_padded_sequence_is_finite_with_zero_attention_and_finite_gradients(
     fw, cfg, is_causal, device
 ):
-    """A query with no key to attend to gets all-zero attention weights (design.md), so the
+    """A query with no key to attend to gets all-zero attention weights (docs/design.md, "Conventions"), so the
     outputs are finite, and so are the gradients (no NaN from a 0/0 softmax)."""
     weights = random_weights(cfg, seed=10)
     model = fw.from_weights(cfg, weights)
@@ -293,7 +293,7 @@ def _import(fw: Framework, model, weights):
 
 
 def test_models_start_in_train_mode_and_eval_turns_dropout_off(fw):
-    """design.md: models start in the mode each framework starts in (train, for both:
+    """docs/design.md, "Conventions": models start in the mode each framework starts in (train, for both:
     ``nn.Module.training`` is True, ``nnx.Dropout`` starts non-deterministic), and
     ``.eval()`` turns dropout off in both; ``.train()`` turns it back on."""
     cfg = POST.replace(dropout=0.5)

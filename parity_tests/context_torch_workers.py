@@ -1,0 +1,123 @@
+"""Rank functions for test_context_parallel.py's PyTorch cases (importable, as spawned
+processes need). Each runs in every process of a gloo group started by
+``torch_impl.parallel.launch`` and writes what its rank computed to ``folder``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torch_impl import context, parallel
+
+B, H, T, HD = 2, 2, 16, 8  # d_model 16 in 2 heads
+BLOCK = 3  # flash blocks that do not divide the chunks: partial blocks too
+CASES = [
+    (method, load_balance, causal)
+    for method in context.METHODS
+    for load_balance in (False, True)
+    for causal in (False, True)
+]
+
+
+def inputs(seed: int = 0, t: int = T, ragged: bool = True):
+    """q, k, v (B, H, T, hd), the weights w of the loss sum(out * w), and the padding mask
+    (B, T): sequence 0 whole, sequence 1 with 11 real tokens (padding crosses shards)."""
+    rng = np.random.default_rng(seed)
+    q, k, v, w = (rng.standard_normal((B, H, t, HD)).astype(np.float32) for _ in range(4))
+    real = np.ones((B, t), dtype=bool)
+    if ragged:
+        real[1, 11:] = False
+    return q, k, v, w, real
+
+
+def case_name(method: str, load_balance: bool, causal: bool) -> str:
+    return f"{method}-{'lb' if load_balance else 'plain'}-{'causal' if causal else 'full'}"
+
+
+def _attend(folder, rank, mesh, name, method, load_balance, causal, t=T, ragged=True):
+    """One case on this rank: its rows of the output and of dq, dk, dv, and the collective
+    steps of the forward and of the backward."""
+    q, k, v, w, real = inputs(t=t, ragged=ragged)
+    group = mesh["seq"].get_group()
+    data, data_rank = mesh["data"].size(), mesh["data"].get_local_rank()
+    model, model_rank = mesh["model"].size(), mesh["model"].get_local_rank()
+    rows = slice(data_rank * B // data, (data_rank + 1) * B // data)  # this data rank's batch
+    heads = slice(model_rank * H // model, (model_rank + 1) * H // model)  # its heads
+    local = {}
+    for key, array in {"q": q, "k": k, "v": v, "w": w}.items():
+        local[key], positions = context.slice_sequence(
+            torch.from_numpy(array[rows, heads]), group, dim=2, load_balance=load_balance
+        )
+    real_local, _ = context.slice_sequence(
+        torch.from_numpy(real[rows]), group, dim=1, load_balance=load_balance
+    )
+    q_l, k_l, v_l = (local[key].requires_grad_() for key in "qkv")
+    before = dict(context.COUNTS)
+    out = context.context_attention(
+        q_l, k_l, v_l,
+        positions=positions, key_padding_mask=real_local, is_causal=causal, method=method,
+        chunks=2 if load_balance else 1, group=group, block_q=BLOCK, block_k=BLOCK,
+    )  # fmt: skip
+    forward = {key: n - before.get(key, 0) for key, n in context.COUNTS.items()}
+    before = dict(context.COUNTS)
+    (out * local["w"]).sum().backward()
+    backward = {key: n - before.get(key, 0) for key, n in context.COUNTS.items()}
+    np.savez(
+        Path(folder) / f"{name}-{rank}.npz",
+        rows=np.arange(B)[rows],
+        heads=np.arange(H)[heads],
+        seq_rank=mesh["seq"].get_local_rank(),
+        positions=positions.numpy(),
+        out=out.detach().numpy(),
+        dq=q_l.grad.numpy(),
+        dk=k_l.grad.numpy(),
+        dv=v_l.grad.numpy(),
+        **{f"forward_{key}": n for key, n in forward.items()},
+        **{f"backward_{key}": n for key, n in backward.items()},
+    )
+
+
+def run_cases(rank: int, folder: str, seq: int) -> None:
+    """Every (method, load balancing, causality) case on a seq mesh of all the processes;
+    with 4 processes also data=2 x seq=2 and model=2 x seq=2, and the work of each rank
+    under causal attention with and without load balancing (T = 32, no padding)."""
+    mesh = parallel.make_mesh(seq=seq)
+    for method, load_balance, causal in CASES:
+        name = case_name(method, load_balance, causal)
+        _attend(folder, rank, mesh, name, method, load_balance, causal)
+    for load_balance in (False, True):
+        name = f"work-{'lb' if load_balance else 'plain'}"
+        _attend(folder, rank, mesh, name, "ring", load_balance, True, t=32, ragged=False)
+    _bad_inputs(folder, rank, mesh, seq)
+    if seq == 4:
+        for data, model in ((2, 1), (1, 2)):
+            mesh = parallel.make_mesh(data=data, model=model, seq=2)
+            name = f"data{data}-model{model}-seq2"
+            _attend(folder, rank, mesh, name, "ring", True, True)
+
+
+def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
+    """The ValueError of each bad split or argument, written down for the test."""
+    group = mesh["seq"].get_group()
+    x = torch.zeros(B, H, 2 * seq + 2, HD)
+    positions = torch.arange(2)
+    cases = {
+        "split": lambda: context.slice_sequence(x, group, dim=2, load_balance=True),
+        "method": lambda: context.context_attention(
+            x[:, :, :2], x[:, :, :2], x[:, :, :2], positions=positions, method="tree"
+        ),
+        "positions": lambda: context.ring_attention(
+            x[:, :, :2], x[:, :, :2], x[:, :, :2], positions=torch.arange(3), group=group
+        ),
+        "mesh": lambda: parallel.make_mesh(seq=2 * seq),
+    }
+    messages = {}
+    for name, case in cases.items():
+        try:
+            case()
+        except ValueError as error:
+            messages[name] = str(error)
+    if rank == 0:
+        np.savez(Path(folder) / "errors.npz", **messages)
