@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_impl.attention import MultiHeadAttention, linear
+from jax_impl.attention import MultiHeadAttention, RMSNorm, linear
 from jax_impl.precision import check_dtype
 from shared.backends import check_remat
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
-from shared.positional import sinusoidal
+from shared.positional import check_position_ids, rope_inverse_frequencies, sinusoidal
 
 __all__ = [
     "Embeddings",
@@ -47,17 +47,23 @@ def activation(name: str, x: jax.Array) -> jax.Array:
         return jax.nn.gelu(x, approximate=False)  # exact erf form (JAX defaults to tanh)
     if name == "gelu_tanh":
         return jax.nn.gelu(x, approximate=True)
+    if name == "silu":
+        return jax.nn.silu(x)  # x * sigmoid(x)
     raise ValueError(f"unknown activation {name!r}")
 
 
 def layer_norm(
     cfg: EncoderConfig, dtype, rngs: nnx.Rngs, *, width: int | None = None
-) -> nnx.LayerNorm:
+) -> nnx.LayerNorm | RMSNorm:
+    """The config's norm: LayerNorm (with a bias unless ``norm_bias=False``) or RMSNorm."""
     check_dtype(dtype)
+    if cfg.norm == "rms_norm":
+        return RMSNorm(width or cfg.d_model, cfg.layer_norm_eps, dtype=dtype)
     # Flax defaults to eps 1e-6 and the fast variance E[x^2] - E[x]^2; PyTorch does neither.
     return nnx.LayerNorm(
         width or cfg.d_model,
         epsilon=cfg.layer_norm_eps,
+        use_bias=cfg.norm_bias,
         use_fast_variance=False,
         param_dtype=dtype or jnp.float32,
         rngs=rngs,
@@ -112,17 +118,19 @@ class TokenEmbeddings(nnx.Module):
     The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
     Sinusoidal positions extend past ``max_len``; learned ones cannot. Positions are
     0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids
-    (:meth:`position_ids`, the one place positions are computed).
+    (:meth:`position_ids`, the one place positions are computed), unless the call passes
+    ``position_ids`` (:meth:`positions`). With RoPE (``positional="rope"``) nothing is
+    added here: the positions rotate q and k in every layer.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
         check_dtype(dtype)
         self.config = cfg
         self.token = _embedding(cfg.vocab_size, cfg, dtype, rngs)
-        if cfg.positional == "learned":
-            self.position = _embedding(cfg.max_len, cfg, dtype, rngs)
-        else:
-            self.position = None
+        self.position = (
+            _embedding(cfg.max_len, cfg, dtype, rngs) if cfg.positional == "learned" else None
+        )
+        if cfg.positional == "sinusoidal":
             table = sinusoidal(cfg.max_len, cfg.embed_width)  # (max_len, E), float64
             table = jnp.asarray(table, dtype=dtype or jnp.float32)
             self.sinusoid = Constant(table)
@@ -148,6 +156,14 @@ class TokenEmbeddings(nnx.Module):
         real = (input_ids != pad).astype(jnp.int32)  # (B, T)
         return jnp.cumsum(real, axis=1) * real + pad
 
+    def positions(self, input_ids: jax.Array, position_ids: jax.Array | None = None) -> jax.Array:
+        """(B|1, T) positions of a call: ``position_ids`` checked (integer (B, T) or (1, T),
+        in [0, max_len)), or :meth:`position_ids`' default."""
+        if position_ids is None:
+            return self.position_ids(input_ids)
+        check_position_ids(self.config, _values(position_ids), *input_ids.shape)
+        return _index(position_ids)
+
     def position_vectors(self, position_ids: jax.Array) -> jax.Array:
         """(B|1, T) positions -> (B|1, T, E) position vectors (learned, or the sinusoid)."""
         if self.position is not None:
@@ -165,10 +181,12 @@ class TokenEmbeddings(nnx.Module):
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         pixel_values: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """input_ids (B, T) -> ``(x (B, T, D), key_padding_mask (B, T) bool or None)``.
 
         Checks the arguments (``shared.inputs``); ``pixel_values`` is an error here.
+        ``position_ids`` (B|1, T) replace the default positions (:meth:`positions`).
         """
         if pixel_values is not None or input_ids is None:
             given = (input_ids, attention_mask, token_type_ids)
@@ -178,7 +196,8 @@ class TokenEmbeddings(nnx.Module):
         )
         input_ids = _index(input_ids)
         x = self.token(input_ids)  # (B, T, E)
-        x = x + self.position_vectors(self.position_ids(input_ids))  # + (B|1, T, E)
+        if self.config.positional != "rope":  # RoPE rotates q and k in the layers instead
+            x = x + self.position_vectors(self.positions(input_ids, position_ids))  # + (B|1, T, E)
         if self.token_type is not None:
             if token_type_ids is None:
                 types = jnp.zeros_like(input_ids)
@@ -215,9 +234,15 @@ class PatchEmbeddings(nnx.Module):
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         pixel_values: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, None]:
         """pixel_values (B, C, H, W) -> ``(x (B, 1 + N, D), None)``. Checks the arguments
-        (``shared.inputs``): the token arguments are an error here."""
+        (``shared.inputs``): the token arguments and ``position_ids`` are an error here."""
+        if position_ids is not None:
+            raise ValueError(
+                "position_ids are for text models; a ViT's positions are its patches "
+                "(expected position_ids=None)"
+            )
         if pixel_values is not None:
             pixel_values = jnp.asarray(pixel_values)
         given = (input_ids, attention_mask, token_type_ids)
@@ -231,20 +256,40 @@ class PatchEmbeddings(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike; with
+    ``gated_ffn`` a GLU (Shazeer 2020): (act(x W_gate + b_gate) * (x W_1 + b_1)) W_2 + b_2
+    (GeGLU with gelu, SwiGLU with silu). Biases as ``mlp_bias`` / ``mlp_out_bias`` say."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype=None, rngs: nnx.Rngs) -> None:
         check_dtype(dtype)
         self.activation = cfg.activation
-        self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype, rngs=rngs)
-        self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype, rngs=rngs)
+        d, f, bias = cfg.d_model, cfg.d_ff, cfg.mlp_bias
+        self.gate_proj = linear(d, f, dtype=dtype, bias=bias, rngs=rngs) if cfg.gated_ffn else None
+        self.in_proj = linear(d, f, dtype=dtype, bias=bias, rngs=rngs)
+        self.out_proj = linear(f, d, dtype=dtype, bias=cfg.mlp_out_bias, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         # Position-wise: every token is one row. As 2-D matmuls, XLA:CPU's backward pass runs
         # about twice as fast as on (B, T, D) (benchmarks/results/README.md has the figures).
-        h = activation(self.activation, self.in_proj(x.reshape(b * t, d)))  # (B*T, F)
+        x = x.reshape(b * t, d)
+        h = self.in_proj(x)  # (B*T, F)
+        if self.gate_proj is None:
+            h = activation(self.activation, h)
+        else:
+            h = activation(self.activation, self.gate_proj(x)) * h
         return self.out_proj(h).reshape(b, t, d)  # (B, T, D)
+
+
+def attention_options(cfg: EncoderConfig) -> dict:
+    """The config's optional attention parts, as ``MultiHeadAttention``'s arguments."""
+    return {
+        "n_kv_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "bias": cfg.attention_bias,
+        "qk_norm_eps": cfg.layer_norm_eps if cfg.qk_norm else None,
+        "rope_interleaved": cfg.rope_interleaved,
+    }
 
 
 class EncoderLayer(nnx.Module):
@@ -256,6 +301,10 @@ class EncoderLayer(nnx.Module):
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
     ``remat="attention"`` recomputes the attention sub-block in the backward
     (``jax.checkpoint``); the stack handles ``"block"``.
+
+    Layer ``index`` reads its own parts of the config: its window (``cfg.layer_window``), its
+    RoPE base (``cfg.layer_rope_theta``; the table ``inv_freq`` is a constant, not a
+    parameter), and, for ModernBERT's layer 0 (``first_attn_norm=False``), no norm1.
     """
 
     def __init__(
@@ -265,15 +314,29 @@ class EncoderLayer(nnx.Module):
         backend: str = "math",
         dtype=None,
         remat: str = "none",
+        index: int = 0,
         rngs: nnx.Rngs,
     ) -> None:
         check_dtype(dtype)
         self.remat = check_remat(remat)
         self.norm_first = cfg.norm_first
+        self.window = cfg.layer_window(index)
         self.attention = MultiHeadAttention(
-            cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype, rngs=rngs
+            cfg.d_model,
+            cfg.n_heads,
+            **attention_options(cfg),
+            backend=backend,
+            dtype=dtype,
+            rngs=rngs,
         )
-        self.norm1 = layer_norm(cfg, dtype, rngs)
+        if cfg.positional == "rope":
+            inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.layer_rope_theta(index))
+            acc = jnp.float64 if dtype == jnp.float64 else jnp.float32
+            self.inv_freq = Constant(jnp.asarray(inv_freq, dtype=acc))
+        else:
+            self.inv_freq = None
+        skip = index == 0 and not cfg.first_attn_norm
+        self.norm1 = None if skip else layer_norm(cfg, dtype, rngs)
         self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
         self.norm2 = layer_norm(cfg, dtype, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
@@ -285,16 +348,21 @@ class EncoderLayer(nnx.Module):
         *,
         key_padding_mask: jax.Array | None = None,
         is_causal: bool = False,
+        positions: jax.Array | None = None,
         return_attention: bool = False,
     ) -> tuple[jax.Array, jax.Array | None]:
         """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``.
 
         ``mask`` (general), ``key_padding_mask`` (B, T) and ``is_causal`` go to the attention
-        as they are (``MultiHeadAttention`` documents them).
+        as they are (``MultiHeadAttention`` documents them), with the layer's window;
+        ``positions`` (B|1, T) rotate q and k when the config has RoPE.
         """
         masks = {"mask": mask, "key_padding_mask": key_padding_mask, "is_causal": is_causal}
+        masks["window"] = self.window
+        masks["rope"] = None if self.inv_freq is None else (positions, self.inv_freq[...])
         if self.norm_first:
-            a, weights = self._attend(self.norm1(x), masks, return_attention)
+            y = x if self.norm1 is None else self.norm1(x)
+            a, weights = self._attend(y, masks, return_attention)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
@@ -332,8 +400,8 @@ class Encoder(nnx.Module):
         self.remat = check_remat(remat)
         self.layers = nnx.List(
             [
-                EncoderLayer(cfg, backend=backend, dtype=dtype, remat=remat, rngs=rngs)
-                for _ in range(cfg.n_layers)
+                EncoderLayer(cfg, backend=backend, dtype=dtype, remat=remat, index=i, rngs=rngs)
+                for i in range(cfg.n_layers)
             ]
         )
         self.final_norm = layer_norm(cfg, dtype, rngs) if cfg.final_norm else None
@@ -345,10 +413,12 @@ class Encoder(nnx.Module):
         *,
         key_padding_mask: jax.Array | None = None,
         is_causal: bool = False,
+        positions: jax.Array | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
     ) -> tuple[jax.Array, list[jax.Array] | None, list[jax.Array] | None]:
-        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``.
+        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``; ``positions``
+        (B|1, T) are the RoPE positions (with ``positional="rope"``).
 
         ``hidden_states`` holds N + 1 arrays: the input, then each layer's output (before
         the final norm); ``attentions`` holds each layer's (B, H, T, T) weights.
@@ -363,6 +433,7 @@ class Encoder(nnx.Module):
                 mask,
                 key_padding_mask=key_padding_mask,
                 is_causal=is_causal,
+                positions=positions,
                 return_attention=return_attention,
             )
             if return_attention:
@@ -417,6 +488,7 @@ class TransformerEncoder(nnx.Module):
         *,
         pixel_values: jax.Array | None = None,
         mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
@@ -430,6 +502,9 @@ class TransformerEncoder(nnx.Module):
             token_type_ids: (B, T) segment ids; row 0 when omitted (if the config has types).
             mask: general boolean attention mask (B|1, H|1, T|1, T), True = may attend;
                 combines (logical and) with ``attention_mask`` and ``is_causal``.
+            position_ids: (B, T) or (1, T) integer positions in [0, max_len) replacing the
+                default 0..T-1 (RoBERTa: counted from the ids): with left padding, pass them.
+                With RoPE they rotate q and k in every layer (Su et al. 2021).
             is_causal: position t attends only to positions <= t.
             return_attention: also return each layer's (B, H, T, T) attention weights.
             return_hidden_states: also return the N + 1 hidden states (embeddings, then each
@@ -449,7 +524,11 @@ class TransformerEncoder(nnx.Module):
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
+            position_ids=position_ids,
         )  # (B, T, D), (B, T) or None
+        positions = None
+        if self.config.positional == "rope":  # (B|1, T): they rotate q and k in each layer
+            positions = self.embeddings.positions(_index(input_ids), position_ids)
         if mask is not None:
             mask = jnp.asarray(mask)
         x, attentions, hidden_states = self.encoder(
@@ -457,6 +536,7 @@ class TransformerEncoder(nnx.Module):
             mask,
             key_padding_mask=key_padding_mask,
             is_causal=is_causal or self.config.causal,
+            positions=positions,
             return_attention=return_attention,
             return_hidden_states=return_hidden_states,
         )

@@ -47,6 +47,7 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat
 RENAMES = {
     "in_proj": "in",
     "out_proj": "out",
+    "gate_proj": "gate",
     "kernel": "weight",
     "embedding": "weight",
     "scale": "weight",

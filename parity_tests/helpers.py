@@ -170,6 +170,9 @@ class _Shifted:
         x, key_padding_mask = self.embeddings(*args, **kwargs)
         return x + self.offset, key_padding_mask
 
+    def __getattr__(self, name):  # the front end's other methods (positions ...) as they are
+        return getattr(self.embeddings, name)
+
 
 def jax_forward_backward(
     model,

@@ -71,6 +71,30 @@ def test_sharded_outputs_and_attention_weights_equal_one_device(data, model, fsd
     _save_for_torch(f"forward-{data}x{model}{'-fsdp' if fsdp else ''}", np.asarray(got_h))
 
 
+# one encoder of the 2021-on parts: GQA, RoPE, a sliding window, q/k norm, SwiGLU, RMSNorm
+MODERN = tiny_config(
+    n_heads=4, n_kv_heads=2, positional="rope", qk_norm=True, sliding_window=2,
+    layer_types=("full_attention", "sliding_attention"), gated_ffn=True, activation="silu",
+    norm="rms_norm", norm_bias=False, attention_bias=False, mlp_bias=False,
+    mlp_out_bias=False, norm_first=True, final_norm=True,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "model", "fsdp"), [(2, 2, False), (1, 2, True)])
+def test_a_modern_encoder_sharded_equals_one_device(data, model, fsdp):
+    single, sharded, mesh = _pair(MODERN, data, model, fsdp)
+    ids, mask, _ = make_inputs(MODERN, 4, 8, seed=2, pad="some")
+    ids, mask = ids.astype(np.int32), mask.astype(np.int32)
+    want_h, want_attn = single(ids, mask, return_attention=True)
+    placed = parallel.place_batch({"ids": ids, "mask": mask}, mesh)
+    got_h, got_attn = sharded(placed["ids"], placed["mask"], return_attention=True)
+    assert_close(np.asarray(got_h), np.asarray(want_h), F32, "modern hidden states")
+    for i, (got, want) in enumerate(zip(got_attn, want_attn, strict=True)):
+        assert_close(np.asarray(got), np.asarray(want), F32, f"modern attention, layer {i}")
+    k = sharded.encoder.layers[0].attention.k.kernel
+    assert k.sharding.spec[1] == "model"  # K/V split by whole K/V heads
+
+
 def _loss(model, ids, mask):
     return jnp.mean(jnp.square(model(ids, mask)))
 

@@ -81,17 +81,17 @@ BAD_FIELDS = [
     # names
     pytest.param(
         {"activation": "swish"},
-        "activation='swish' must be one of ('relu', 'gelu', 'gelu_tanh')",
+        "activation='swish' must be one of ('relu', 'gelu', 'gelu_tanh', 'silu')",
         id="unknown_activation",
     ),
     pytest.param(
         {"activation": "GELU"},
-        "activation='GELU' must be one of ('relu', 'gelu', 'gelu_tanh')",
+        "activation='GELU' must be one of ('relu', 'gelu', 'gelu_tanh', 'silu')",
         id="activation_wrong_case",
     ),
     pytest.param(
         {"positional": "rotary"},
-        "positional='rotary' must be one of ('sinusoidal', 'learned')",
+        "positional='rotary' must be one of ('sinusoidal', 'learned', 'rope')",
         id="unknown_positional",
     ),
     # dropout outside [0, 1)
@@ -119,7 +119,10 @@ def test_invalid_config_value_names_the_field_the_value_and_the_rule(make, field
 def test_unknown_field_in_from_dict_is_named_with_the_known_ones():
     with pytest.raises(ValueError, match=re.escape("unknown EncoderConfig field(s) ['num_heads']")):
         EncoderConfig.from_dict({"d_model": 64, "num_heads": 4})
-    with pytest.raises(ValueError, match=re.escape("known: ['activation', 'causal', 'd_ff'")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("known: ['activation', 'attention_bias', 'attn_head_dim', 'causal'"),
+    ):
         EncoderConfig.from_dict({"num_heads": 4})
 
 

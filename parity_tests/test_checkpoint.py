@@ -205,7 +205,8 @@ def test_file_holds_format_and_config_metadata_and_the_v1_tensor_table(tmp_path,
     assert set(metadata) == {"format", "config"}
     assert metadata["format"] == "twin-encoder/1"
     # format 1 holds the format-1 fields only: older readers reject fields they do not know
-    v1_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in v1.FORMAT_2_FIELDS}
+    newer = {**v1.FORMAT_2_FIELDS, **v1.FORMAT_3_FIELDS}
+    v1_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in newer}
     assert json.loads(metadata["config"]) == v1_fields
     assert {k: v.shape for k, v in tensors.items()} == _v1_names(cfg)
     assert {v.dtype for v in tensors.values()} == {np.dtype(np.float32)}
@@ -351,8 +352,9 @@ def _cfg_json(**changes) -> str:
 
 FORMAT_DEFECTS = [
     pytest.param(
-        {"format": "twin-encoder/3", "config": _cfg_json()},
-        "metadata 'format' is 'twin-encoder/3', expected 'twin-encoder/1' or 'twin-encoder/2'",
+        {"format": "twin-encoder/4", "config": _cfg_json()},
+        "metadata 'format' is 'twin-encoder/4', expected 'twin-encoder/1', 'twin-encoder/2' "
+        "or 'twin-encoder/3'",
         id="newer_format",
     ),
     pytest.param(

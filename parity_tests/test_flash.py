@@ -253,9 +253,9 @@ def test_causal_flash_skips_the_blocks_above_the_diagonal():
     seen = []
     original = torch_impl.flash.block_mask
 
-    def spy(mask, padding, is_causal, rows, cols, device):
+    def spy(mask, padding, is_causal, window, rows, cols, device):
         seen.append((rows.start, cols.start))
-        return original(mask, padding, is_causal, rows, cols, device)
+        return original(mask, padding, is_causal, window, rows, cols, device)
 
     x = torch.randn(1, 1, 8, 2, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:

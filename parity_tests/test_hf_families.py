@@ -255,8 +255,8 @@ GPT2 = {
     "config, message",
     [
         (
-            {"model_type": "modernbert"},
-            r"model_type is 'modernbert'; supported: \[.*'gpt2'.*rotary",
+            {"model_type": "mistral"},
+            r"model_type is 'mistral'; supported: \[.*'gpt2'.*'modernbert'.*causal sliding window",
         ),
         ({"model_type": "deberta-v2"}, r"'deberta-v2'.*relative position scores"),
         ({"model_type": "beit"}, r"'beit'.*relative position bias"),
@@ -267,18 +267,21 @@ GPT2 = {
             r"scale_attn_by_inverse_layer_idx is True; only False",
         ),
         (GPT2 | {"reorder_and_upcast_attn": True}, r"reorder_and_upcast_attn is True; only False"),
-        (GPT2 | {"activation_function": "silu"}, r"activation_function is 'silu'; supported: \["),
+        (
+            GPT2 | {"activation_function": "quick_gelu"},
+            r"activation_function is 'quick_gelu'; supported: \[",
+        ),
         ({"model_type": "distilbert", "dim": 32}, r"missing field\(s\) \['vocab_size'"),
     ],
     ids=[
-        "modernbert",
+        "mistral",
         "deberta",
         "beit",
         "mpnet",
         "t5",
         "gpt2_layer_idx",
         "gpt2_upcast",
-        "silu",
+        "quick_gelu",
         "missing",
     ],
 )

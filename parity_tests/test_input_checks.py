@@ -449,6 +449,7 @@ DTYPE_TAKERS = {
         8, 2, dtype=d, rngs=_rngs()
     ),
     "jax_impl.attention.linear": lambda d: jax_impl.attention.linear(4, 4, dtype=d, rngs=_rngs()),
+    "jax_impl.attention.RMSNorm": lambda d: jax_impl.attention.RMSNorm(4, 1e-6, dtype=d),
     "jax_impl.attention.fused_kernel": lambda d: jax_impl.attention.fused_kernel(d, 8),
     "jax_impl.encoder.layer_norm": lambda d: jax_impl.encoder.layer_norm(SMALL, d, _rngs()),
     "jax_impl.encoder.PatchEmbeddings": lambda d: jax_impl.encoder.PatchEmbeddings(

@@ -68,7 +68,7 @@ def test_plan_with_fsdp_shards_the_embed_axis_along_data_when_it_divides():
 
 def test_plan_rules_name_logical_axes_and_every_tensor_has_them():
     """The plan is rules on logical axes; tensor parallelism is heads and mlp on "model"."""
-    assert plan.TENSOR_PARALLEL == (("heads", "model"), ("mlp", "model"))
+    assert plan.TENSOR_PARALLEL == (("heads", "model"), ("kv_heads", "model"), ("mlp", "model"))
     assert plan.rules(fsdp=True)[: len(plan.TENSOR_PARALLEL)] == plan.TENSOR_PARALLEL
     assert plan.tensor_parallel_style("layers.3.attention.k.weight") == plan.COLUMNS
     assert plan.tensor_parallel_style("layers.3.ffn.out.weight") == plan.ROWS
@@ -91,6 +91,26 @@ def test_head_aligned_columns_give_each_model_rank_whole_heads():
     ]
     with pytest.raises(ValueError, match="n_heads=4 is not divisible by the mesh's model=3"):
         plan.check_model_split(CFG, 3)
+
+
+def test_plan_for_a_modern_layer_splits_kv_heads_and_both_glu_projections():
+    """GQA K/V columns by whole K/V heads, gate and input projections alike (columns), the
+    q/k norm weights and RMSNorm scales replicated; n_kv_heads must divide by "model"."""
+    cfg = tiny_config(
+        n_heads=4, n_kv_heads=2, positional="rope", qk_norm=True, gated_ffn=True,
+        norm="rms_norm", norm_bias=False, attention_bias=False, mlp_bias=False,
+    )  # fmt: skip
+    shapes = expected_shapes(cfg)
+    specs = {name: plan.spec(name, shape, model=2) for name, shape in shapes.items()}
+    assert shapes["layers.0.attention.k.weight"] == (cfg.d_model, 2 * cfg.head_dim)
+    assert specs["layers.0.attention.k.weight"] == (None, "model")
+    assert specs["layers.0.ffn.gate.weight"] == specs["layers.0.ffn.in.weight"] == (None, "model")
+    assert specs["layers.0.attention.q_norm.weight"] == (None,)
+    assert specs["layers.0.norm1.weight"] == (None,)
+    assert plan.tensor_parallel_style("layers.0.ffn.gate.weight") == plan.COLUMNS
+    plan.check_model_split(cfg, 2)
+    with pytest.raises(ValueError, match="n_kv_heads=2 is not divisible by the mesh's model=4"):
+        plan.check_model_split(cfg, 4)
 
 
 def test_collective_bytes_by_hand_for_a_tiny_step():

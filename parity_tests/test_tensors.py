@@ -52,8 +52,11 @@ def test_logical_axes_name_what_each_axis_is():
     assert axes_of("layers.0.attention.out.weight") == ("heads", "embed")
     assert axes_of("layers.2.ffn.in.bias") == ("mlp",)
     assert axes_of("embeddings.patch.weight") == ("channels", "patch", "patch", "embed")
-    with pytest.raises(ValueError, match=r"'layers\.0\.ffn\.gate\.weight' is not a tensor"):
-        axes_of("layers.0.ffn.gate.weight")
+    assert axes_of("layers.0.attention.k.weight") == ("embed", "kv_heads")  # G K/V heads
+    assert axes_of("layers.1.attention.q_norm.weight") == ("head_dim",)
+    assert axes_of("layers.3.ffn.gate.weight") == ("embed", "mlp")
+    with pytest.raises(ValueError, match=r"'layers\.0\.ffn\.up\.weight' is not a tensor"):
+        axes_of("layers.0.ffn.up.weight")
 
 
 def test_format_2_fields_are_the_config_fields_added_with_format_2():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "band",
     "causal",
     "from_additive",
     "from_key_padding_mask",
@@ -43,14 +44,37 @@ def causal(q_len: int, k_len: int | None = None) -> np.ndarray:
     return np.tril(np.ones((q_len, k_len), dtype=bool))[None, None]
 
 
+def band(q_len: int, k_len: int | None = None, *, window: int) -> np.ndarray:
+    """(1, 1, T, S) boolean mask of sliding-window (local) attention: query t may attend to
+    keys s with |t - s| <= window, 2 * window + 1 keys away from the edges. This is
+    transformers' bidirectional sliding-window mask; ModernBERT's ``local_attention`` = 128
+    is window = 64. With causality the band keeps t - window <= s <= t. Raises ValueError for
+    a window < 1."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    k_len = q_len if k_len is None else k_len
+    t = np.arange(q_len)[:, None]
+    s = np.arange(k_len)[None, :]
+    return (np.abs(t - s) <= window)[None, None]
+
+
 def make_attention_mask(
-    attention_mask: np.ndarray | None, *, is_causal: bool, q_len: int, k_len: int | None = None
+    attention_mask: np.ndarray | None,
+    *,
+    is_causal: bool,
+    q_len: int,
+    k_len: int | None = None,
+    window: int | None = None,
 ) -> np.ndarray | None:
-    """Combine a (B, S) padding mask and causality into one (B or 1, 1, T, S) mask, or None."""
+    """Combine a (B, S) padding mask, causality and a sliding ``window`` (:func:`band`) into
+    one (B or 1, 1, T, S) mask, or None when nothing is masked."""
     mask = None if attention_mask is None else padding(attention_mask)
     if is_causal:
         c = causal(q_len, k_len)
         mask = c if mask is None else mask & c
+    if window is not None:
+        w = band(q_len, k_len, window=window)
+        mask = w if mask is None else mask & w
     return mask
 
 

@@ -7,8 +7,10 @@ plan is rules ``(logical axis, mesh axis)``, in the manner of MaxText's
 
 * ``"data"``: data parallelism. Each data rank computes a slice of the batch; gradients are
   averaged over ``"data"`` so that they equal the gradients of the global batch.
-* ``"model"``: tensor parallelism (Megatron's pairing), :data:`TENSOR_PARALLEL`: "heads"
-  and "mlp" on "model". ``q``, ``k``, ``v`` and ``ffn.in`` are then split by output columns,
+* ``"model"``: tensor parallelism (Megatron's pairing), :data:`TENSOR_PARALLEL`: "heads",
+  "kv_heads" and "mlp" on "model" (gate and input projections of a GLU alike, both
+  "mlp" columns; grouped K/V heads split by whole heads, so ``n_kv_heads`` must divide by
+  "model", :func:`check_model_split`; q/k norm weights, over "head_dim", replicated). ``q``, ``k``, ``v`` and ``ffn.in`` are then split by output columns,
   head-aligned (whole heads per device: head ``h`` is columns ``h*hd:(h+1)*hd``); ``out``
   and ``ffn.out`` by input rows. Each block then needs one all-reduce of its output: one
   after attention, one after the feed-forward network. Embeddings and norms are replicated.
@@ -81,7 +83,7 @@ AXES = ("data", "model", "seq")
 Rule = tuple[str, str]  # (logical axis, mesh axis)
 
 # Tensor parallelism: the attention heads and the feed-forward hidden units on "model".
-TENSOR_PARALLEL: tuple[Rule, ...] = (("heads", "model"), ("mlp", "model"))
+TENSOR_PARALLEL: tuple[Rule, ...] = (("heads", "model"), ("kv_heads", "model"), ("mlp", "model"))
 # Fully sharded data parallelism: every parameter also on "data". Embedding tables by their
 # rows (sharded along their width, a lookup would come out split along D by "data", not by
 # the batch), every other tensor by its "embed" axis, else by its "heads" or "mlp" axis.
@@ -91,6 +93,7 @@ FSDP: tuple[Rule, ...] = (
     ("types", "data"),
     ("embed", "data"),
     ("heads", "data"),
+    ("kv_heads", "data"),
     ("mlp", "data"),
 )
 
@@ -168,11 +171,18 @@ def check_mesh(axis_names: Sequence[str], shape: Sequence[int], devices: Sequenc
 
 
 def check_model_split(cfg: EncoderConfig, model: int) -> None:
-    """Tensor parallelism over ``model`` devices needs whole heads and whole FFN columns."""
+    """Tensor parallelism over ``model`` devices needs whole heads (query and K/V) and whole
+    FFN columns. ValueError naming the count that ``model`` does not divide."""
     if cfg.n_heads % model != 0:
         raise ValueError(
             f"n_heads={cfg.n_heads} is not divisible by the mesh's model={model}: "
             "tensor parallelism gives each device whole heads"
+        )
+    if cfg.kv_heads % model != 0:
+        raise ValueError(
+            f"n_kv_heads={cfg.kv_heads} is not divisible by the mesh's model={model}: "
+            "tensor parallelism gives each device whole K/V heads, those of its query heads "
+            "(use a model axis that divides n_kv_heads)"
         )
     if cfg.d_ff % model != 0:
         raise ValueError(f"d_ff={cfg.d_ff} is not divisible by the mesh's model={model}")

@@ -5,7 +5,10 @@ weights (in, out), so every projection is ``x @ W + b``), and is slow on purpose
 loops over layers, no fusion, every intermediate in float64.
 
 Notation: B batch, T query length, S key length, D d_model, E embedding width, H heads,
-hd head_dim, F d_ff.
+G K/V heads (grouped-query attention), hd head_dim, F d_ff.
+
+Absent tensors are absent terms: a config without biases (``attention_bias``, ``mlp_bias``,
+``mlp_out_bias``, ``norm_bias``) has no bias tensors, and the oracle adds nothing there.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from shared import masks
 from shared.config import EncoderConfig
-from shared.positional import sinusoidal
+from shared.positional import apply_rope, sinusoidal
 
 __all__ = [
     "Output",
@@ -26,6 +29,8 @@ __all__ = [
     "init_weights",
     "layer_norm",
     "multi_head_attention",
+    "norm",
+    "rms_norm",
     "scaled_dot_product_attention",
 ]
 
@@ -45,6 +50,8 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
     if name == "gelu_tanh":  # Hendrycks & Gimpel's tanh approximation
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "silu":  # x * sigmoid(x) (Elfwing et al. 2017; Swish with beta = 1)
+        return x / (1.0 + np.exp(-x))
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -53,6 +60,21 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
     return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm over the last axis (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight.
+    No mean is subtracted and there is no bias."""
+    return x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + eps) * weight
+
+
+def norm(w: dict[str, np.ndarray], name: str, x: np.ndarray, cfg: EncoderConfig) -> np.ndarray:
+    """The config's norm with weights ``w[name.weight]`` (and ``w[name.bias]`` if present):
+    LayerNorm, with or without bias, or RMSNorm."""
+    if cfg.norm == "rms_norm":
+        return rms_norm(x, w[f"{name}.weight"], cfg.layer_norm_eps)
+    bias = w.get(f"{name}.bias", 0.0)
+    return layer_norm(x, w[f"{name}.weight"], bias, cfg.layer_norm_eps)
 
 
 def scaled_dot_product_attention(
@@ -82,22 +104,45 @@ def multi_head_attention(
     context: np.ndarray | None,
     n_heads: int,
     mask: np.ndarray | None,
+    *,
+    n_kv_heads: int | None = None,
+    positions: np.ndarray | None = None,
+    rope_theta: float | None = None,
+    rope_interleaved: bool = False,
+    qk_norm_eps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Multi-head attention with weights ``w[{q,k,v,out}.{weight,bias}]`` in format v1 layout."""
+    """Multi-head attention with weights ``w[{q,k,v,out}.{weight,bias}]`` in format layout.
+
+    Args:
+        n_kv_heads: G K/V heads (grouped-query attention, Ainslie et al. 2023); query head h
+            reads K/V head h // (H / G). Default H. The head width is q.weight's columns / H.
+        positions, rope_theta: rotate q and k by RoPE (Su et al. 2021) at these (B|1, T)
+            positions with this base, after the q/k norm.
+        qk_norm_eps: RMSNorm q and k over each head with ``w[{q,k}_norm.weight]`` (Qwen3).
+    """
     context = x if context is None else context
-    b, t, d = x.shape
+    b, t, _ = x.shape
     s = context.shape[1]
-    hd = d // n_heads
+    n_kv_heads = n_kv_heads or n_heads
+    hd = w["q.weight"].shape[1] // n_heads
 
-    def heads(y: np.ndarray, n: int) -> np.ndarray:
-        return y.reshape(b, n, n_heads, hd).transpose(0, 2, 1, 3)  # (B, H, n, hd)
+    def heads(y: np.ndarray, n: int, h: int) -> np.ndarray:
+        return y.reshape(b, n, h, hd).transpose(0, 2, 1, 3)  # (B, h, n, hd)
 
-    q = heads(x @ w["q.weight"] + w["q.bias"], t)
-    k = heads(context @ w["k.weight"] + w["k.bias"], s)
-    v = heads(context @ w["v.weight"] + w["v.bias"], s)
+    q = heads(x @ w["q.weight"] + w.get("q.bias", 0.0), t, n_heads)
+    k = heads(context @ w["k.weight"] + w.get("k.bias", 0.0), s, n_kv_heads)
+    v = heads(context @ w["v.weight"] + w.get("v.bias", 0.0), s, n_kv_heads)
+    if qk_norm_eps is not None:
+        q = rms_norm(q, w["q_norm.weight"], qk_norm_eps)
+        k = rms_norm(k, w["k_norm.weight"], qk_norm_eps)
+    if rope_theta is not None:
+        q = apply_rope(q, positions, rope_theta, interleaved=rope_interleaved)
+        k = apply_rope(k, positions, rope_theta, interleaved=rope_interleaved)
+    group = n_heads // n_kv_heads
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (B, H, S, hd)
     out, weights = scaled_dot_product_attention(q, k, v, mask)
-    out = out.transpose(0, 2, 1, 3).reshape(b, t, d)  # concatenate heads: (B, T, D)
-    return out @ w["out.weight"] + w["out.bias"], weights
+    out = out.transpose(0, 2, 1, 3).reshape(b, t, n_heads * hd)  # concatenate heads
+    return out @ w["out.weight"] + w.get("out.bias", 0.0), weights
 
 
 def _sub(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -114,6 +159,7 @@ def forward(
     is_causal: bool = False,
     attn_mask: np.ndarray | None = None,
     pixel_values: np.ndarray | None = None,
+    position_ids: np.ndarray | None = None,
 ) -> Output:
     """The encoder in float64, in eval mode (no dropout).
 
@@ -121,6 +167,7 @@ def forward(
 
     ``attn_mask``: an optional general boolean mask (B|1, 1|H, T, T), True = may attend,
     combined (logical and) with ``attention_mask`` and ``is_causal``.
+    ``position_ids``: (B|1, T) RoPE positions (``positional="rope"``); default 0..T-1.
     """
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     if cfg.image_size:
@@ -128,10 +175,14 @@ def forward(
         return _stack(w, cfg, x, None, is_causal, attn_mask)
     input_ids = np.asarray(input_ids)
     x = w["embeddings.token.weight"][input_ids]  # (B, T, E), not scaled by sqrt(D)
-    if cfg.position_pad_id is not None:  # RoBERTa: count the non-pad ids, pads at pad
+    positions = None
+    if cfg.positional == "rope":  # nothing added: q and k rotate in every layer
+        t = input_ids.shape[1]
+        positions = np.arange(t)[None] if position_ids is None else np.asarray(position_ids)
+    elif cfg.position_pad_id is not None:  # RoBERTa: count the non-pad ids, pads at pad
         real = input_ids != cfg.position_pad_id
-        positions = np.cumsum(real, axis=1) * real + cfg.position_pad_id  # (B, T)
-        x = x + w["embeddings.position.weight"][positions]
+        pad_positions = np.cumsum(real, axis=1) * real + cfg.position_pad_id  # (B, T)
+        x = x + w["embeddings.position.weight"][pad_positions]
     elif cfg.positional == "learned":
         x = x + w["embeddings.position.weight"][: input_ids.shape[1]]
     else:
@@ -140,12 +191,10 @@ def forward(
         types = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids)
         x = x + w["embeddings.token_type.weight"][types]
     if cfg.embed_norm:
-        x = layer_norm(
-            x, w["embeddings.norm.weight"], w["embeddings.norm.bias"], cfg.layer_norm_eps
-        )
+        x = norm(w, "embeddings.norm", x, cfg)
     if cfg.embed_dim:  # ELECTRA: E -> D
         x = x @ w["embeddings.project.weight"] + w["embeddings.project.bias"]
-    return _stack(w, cfg, x, attention_mask, is_causal, attn_mask)
+    return _stack(w, cfg, x, attention_mask, is_causal, attn_mask, positions)
 
 
 def _patch_embeddings(
@@ -170,39 +219,57 @@ def _stack(
     attention_mask: np.ndarray | None,
     is_causal: bool,
     attn_mask: np.ndarray | None,
+    positions: np.ndarray | None = None,
 ) -> Output:
-    """The layers (and the final norm) over embeddings ``x`` (B, T, D)."""
+    """The layers (and the final norm) over embeddings ``x`` (B, T, D); ``positions``
+    (B|1, T) for RoPE."""
     t = x.shape[1]
-    mask = masks.make_attention_mask(attention_mask, is_causal=is_causal or cfg.causal, q_len=t)
-    if attn_mask is not None:
-        mask = attn_mask if mask is None else mask & attn_mask
-    eps = cfg.layer_norm_eps
     hidden_states, attentions = [x], []
     for i in range(cfg.n_layers):
         lw = _sub(w, f"layers.{i}")
+        mask = masks.make_attention_mask(
+            attention_mask, is_causal=is_causal or cfg.causal, q_len=t, window=cfg.layer_window(i)
+        )
+        if attn_mask is not None:
+            mask = attn_mask if mask is None else mask & attn_mask
+        rope = cfg.layer_rope_theta(i) if positions is not None else None
 
-        def norm(y: np.ndarray, name: str, lw: dict = lw) -> np.ndarray:
-            return layer_norm(y, lw[f"{name}.weight"], lw[f"{name}.bias"], eps)
-
-        def attend(y: np.ndarray, lw: dict = lw) -> tuple[np.ndarray, np.ndarray]:
-            return multi_head_attention(_sub(lw, "attention"), y, None, cfg.n_heads, mask)
+        def attend(y: np.ndarray, lw: dict = lw, mask=mask, rope=rope) -> tuple:
+            return multi_head_attention(
+                _sub(lw, "attention"),
+                y,
+                None,
+                cfg.n_heads,
+                mask,
+                n_kv_heads=cfg.kv_heads,
+                positions=positions,
+                rope_theta=rope,
+                rope_interleaved=cfg.rope_interleaved,
+                qk_norm_eps=cfg.layer_norm_eps if cfg.qk_norm else None,
+            )
 
         def ffn(y: np.ndarray, lw: dict = lw) -> np.ndarray:
-            h = activation(cfg.activation, y @ lw["ffn.in.weight"] + lw["ffn.in.bias"])
-            return h @ lw["ffn.out.weight"] + lw["ffn.out.bias"]
+            h = y @ lw["ffn.in.weight"] + lw.get("ffn.in.bias", 0.0)
+            if cfg.gated_ffn:  # GLU: the activation is on the gate, times the linear part
+                gate = y @ lw["ffn.gate.weight"] + lw.get("ffn.gate.bias", 0.0)
+                h = activation(cfg.activation, gate) * h
+            else:
+                h = activation(cfg.activation, h)
+            return h @ lw["ffn.out.weight"] + lw.get("ffn.out.bias", 0.0)
 
         if cfg.norm_first:
-            a, attn = attend(norm(x, "norm1"))
+            skip = i == 0 and not cfg.first_attn_norm  # ModernBERT's layer 0
+            a, attn = attend(x if skip else norm(lw, "norm1", x, cfg))
             x = x + a
-            x = x + ffn(norm(x, "norm2"))
+            x = x + ffn(norm(lw, "norm2", x, cfg))
         else:
             a, attn = attend(x)
-            x = norm(x + a, "norm1")
-            x = norm(x + ffn(x), "norm2")
+            x = norm(lw, "norm1", x + a, cfg)
+            x = norm(lw, "norm2", x + ffn(x), cfg)
         hidden_states.append(x)
         attentions.append(attn)
     if cfg.final_norm:
-        x = layer_norm(x, w["final_norm.weight"], w["final_norm.bias"], eps)
+        x = norm(w, "final_norm", x, cfg)
     return Output(x, attentions, hidden_states)
 
 

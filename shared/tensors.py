@@ -13,7 +13,9 @@ Logical axes (after MaxText's names; sizes from :class:`~shared.config.EncoderCo
 
     embed        D   the residual stream
     embed_table  E   the embedding tables' width (embed_dim, or D)
-    heads        D   the attention heads' columns, head-major: head h is h*hd:(h+1)*hd
+    heads        H hd  the attention heads' columns, head-major: head h is h*hd:(h+1)*hd
+    kv_heads     G hd  the K/V heads' columns (grouped-query attention; G = H without)
+    head_dim     hd  one head's features (Qwen3's q/k RMSNorm weights)
     mlp          F   the feed-forward block's hidden units
     vocab        V   token rows
     positions    max_len position rows
@@ -55,6 +57,8 @@ AXIS_SIZES: dict[str, Callable[[EncoderConfig], int]] = {
     "embed": lambda cfg: cfg.d_model,
     "embed_table": lambda cfg: cfg.embed_width,
     "heads": lambda cfg: cfg.n_heads * cfg.head_dim,
+    "kv_heads": lambda cfg: cfg.kv_heads * cfg.head_dim,
+    "head_dim": lambda cfg: cfg.head_dim,
     "mlp": lambda cfg: cfg.d_ff,
     "vocab": lambda cfg: cfg.vocab_size,
     "positions": lambda cfg: cfg.max_len,
@@ -65,21 +69,45 @@ AXIS_SIZES: dict[str, Callable[[EncoderConfig], int]] = {
 }
 
 
-def _always(cfg: EncoderConfig) -> bool:
+def _always(cfg: EncoderConfig, i: int | None = None) -> bool:
     return True
 
 
 Row = tuple[str, tuple[str, ...], Callable[[EncoderConfig], bool]]
 
 
-def _linear(prefix: str, d_in: str, d_out: str, present=_always) -> list[Row]:
-    """A linear layer y = x W + b: weight (in, out), bias (out,)."""
-    return [(f"{prefix}.weight", (d_in, d_out), present), (f"{prefix}.bias", (d_out,), present)]
+def _linear(prefix: str, d_in: str, d_out: str, present=_always, bias=_always) -> list[Row]:
+    """A linear layer y = x W + b: weight (in, out), bias (out,) where ``bias`` also holds."""
+    return [
+        (f"{prefix}.weight", (d_in, d_out), present),
+        (f"{prefix}.bias", (d_out,), lambda *a: present(*a) and bias(a[0])),
+    ]
 
 
 def _norm(prefix: str, width: str, present=_always) -> list[Row]:
-    """A LayerNorm: scale and bias, one value per feature."""
-    return [(f"{prefix}.weight", (width,), present), (f"{prefix}.bias", (width,), present)]
+    """The config's norm: scale, one value per feature, and a bias for a LayerNorm with
+    one (``norm="layer_norm"``, ``norm_bias``; RMSNorm has none)."""
+    return [
+        (f"{prefix}.weight", (width,), present),
+        (f"{prefix}.bias", (width,), lambda *a: present(*a) and _norm_bias(a[0])),
+    ]
+
+
+def _norm_bias(cfg: EncoderConfig) -> bool:
+    return cfg.norm == "layer_norm" and cfg.norm_bias
+
+
+def _attention_bias(cfg: EncoderConfig) -> bool:
+    return cfg.attention_bias
+
+
+def _mlp_bias(cfg: EncoderConfig) -> bool:
+    return cfg.mlp_bias
+
+
+def _norm1(cfg: EncoderConfig, i: int) -> bool:
+    """ModernBERT's layer 0 has no norm before attention (``first_attn_norm=False``)."""
+    return i > 0 or cfg.first_attn_norm
 
 
 def _text(cfg: EncoderConfig) -> bool:
@@ -106,15 +134,19 @@ MODEL: tuple[Row, ...] = (
     *_linear("embeddings.project", "embed_table", "embed", lambda c: bool(c.embed_dim)),
 )
 
-# One encoder layer's tensors, ``{i}`` its index, in checkpoint order.
+# One encoder layer's tensors, ``{i}`` its index, in checkpoint order. A layer row's
+# ``present`` may also take the layer index: ``present(cfg, i)``.
 LAYER: tuple[Row, ...] = (
-    *_linear("layers.{i}.attention.q", "embed", "heads"),
-    *_linear("layers.{i}.attention.k", "embed", "heads"),
-    *_linear("layers.{i}.attention.v", "embed", "heads"),
-    *_linear("layers.{i}.attention.out", "heads", "embed"),
-    *_norm("layers.{i}.norm1", "embed"),
-    *_linear("layers.{i}.ffn.in", "embed", "mlp"),
-    *_linear("layers.{i}.ffn.out", "mlp", "embed"),
+    *_linear("layers.{i}.attention.q", "embed", "heads", bias=_attention_bias),
+    *_linear("layers.{i}.attention.k", "embed", "kv_heads", bias=_attention_bias),
+    *_linear("layers.{i}.attention.v", "embed", "kv_heads", bias=_attention_bias),
+    *_linear("layers.{i}.attention.out", "heads", "embed", bias=_attention_bias),
+    ("layers.{i}.attention.q_norm.weight", ("head_dim",), lambda c, i: c.qk_norm),
+    ("layers.{i}.attention.k_norm.weight", ("head_dim",), lambda c, i: c.qk_norm),
+    *_norm("layers.{i}.norm1", "embed", _norm1),
+    *_linear("layers.{i}.ffn.gate", "embed", "mlp", lambda c, i: c.gated_ffn, bias=_mlp_bias),
+    *_linear("layers.{i}.ffn.in", "embed", "mlp", bias=_mlp_bias),
+    *_linear("layers.{i}.ffn.out", "mlp", "embed", bias=lambda c: c.mlp_out_bias),
     *_norm("layers.{i}.norm2", "embed"),
 )
 
@@ -132,17 +164,17 @@ class TensorSpec:
 
 def tensors(cfg: EncoderConfig) -> list[TensorSpec]:
     """Every tensor of the model for ``cfg``, in checkpoint order."""
-    rows = [*MODEL, *(_at(row, i) for i in range(cfg.n_layers) for row in LAYER), *FINAL]
-    return [
-        TensorSpec(name, tuple(AXIS_SIZES[a](cfg) for a in axes), axes)
-        for name, axes, present in rows
-        if present(cfg)
+    rows = [
+        *((name, axes) for name, axes, present in MODEL if present(cfg)),
+        *(
+            (name.format(i=i), axes)
+            for i in range(cfg.n_layers)
+            for name, axes, present in LAYER
+            if present(cfg, i)
+        ),
+        *((name, axes) for name, axes, present in FINAL if present(cfg)),
     ]
-
-
-def _at(row: Row, i: int) -> Row:
-    name, axes, present = row
-    return name.format(i=i), axes, present
+    return [TensorSpec(name, tuple(AXIS_SIZES[a](cfg) for a in axes), axes) for name, axes in rows]
 
 
 _TEMPLATES = {

@@ -23,6 +23,21 @@ tensor; a file is written as format 1 whenever its config uses none of them, and
     embeddings.patch.weight (C, P, P, D), .bias (D,)        only if image_size > 0 (ViT),
     embeddings.class_token  (1, D)                          instead of embeddings.token
 
+Format 3 ("twin-encoder/3") adds the EncoderConfig fields of encoders from 2021 on
+(:data:`FORMAT_3_FIELDS`: RoPE, grouped K/V heads, windows, GLU, RMSNorm, bias-free
+linears, q/k norms) and their tensors; a file is written as format 3 only when its config
+uses one of them, and all three load:
+
+    layers.{i}.attention.{k,v}.weight (D, G hd)             G = n_kv_heads K/V heads
+    layers.{i}.attention.{q,k,v,out}.bias                   only if attention_bias
+    layers.{i}.attention.{q_norm,k_norm}.weight (hd,)       only if qk_norm (Qwen3)
+    layers.{i}.ffn.gate.weight (D, F), .bias (F,)           only if gated_ffn: the GLU's
+                                                            activated half
+    layers.{i}.ffn.{gate,in}.bias, ffn.out.bias             only if mlp_bias, mlp_out_bias
+    *.norm*.bias                                            only for a LayerNorm with bias
+    layers.0.norm1.*                                        absent if not first_attn_norm
+    embeddings.position.weight                              absent with positional="rope"
+
 Linear weights are stored **(in, out)**, so that ``y = x @ W + b`` as in the paper; PyTorch's
 ``nn.Linear`` keeps (out, in) and transposes on the way in and out. Head ``h`` of q, k and v
 is columns ``h*hd:(h+1)*hd``, and rows ``h*hd:(h+1)*hd`` of ``out.weight``.
@@ -50,6 +65,7 @@ __all__ = [
     "FORMAT",
     "FORMATS",
     "FORMAT_2",
+    "FORMAT_3",
     "CheckpointError",
     "as_numpy_float",
     "expected_shapes",
@@ -61,14 +77,21 @@ __all__ = [
 
 FORMAT = "twin-encoder/1"
 FORMAT_2 = "twin-encoder/2"  # format 1 plus the EncoderConfig fields below
-FORMATS = (FORMAT, FORMAT_2)
+FORMAT_3 = "twin-encoder/3"  # format 2 plus the fields of encoders from 2021 on
+FORMATS = (FORMAT, FORMAT_2, FORMAT_3)  # oldest first: FORMATS[n - 1] is format n
 # EncoderConfig fields that format 1 does not know, with the value that means "not used"
-# (the fields that shared/config.py marks as added with format 2).
+# (the fields that shared/config.py marks as added with format 2), and those of format 3.
 FORMAT_2_FIELDS = {
     field.name: field.default
     for field in dataclasses.fields(EncoderConfig)
     if format_of_field(field) == 2
 }
+FORMAT_3_FIELDS = {
+    field.name: field.default
+    for field in dataclasses.fields(EncoderConfig)
+    if format_of_field(field) == 3
+}
+_NEW_FIELDS = {FORMAT_2: FORMAT_2_FIELDS, FORMAT_3: FORMAT_3_FIELDS}
 
 Weights = dict[str, np.ndarray]
 
@@ -80,18 +103,21 @@ def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
 
 
 def format_of(cfg: EncoderConfig) -> str:
-    """The oldest format that can hold ``cfg``: format 1 unless a format-2 field is used."""
-    config = cfg.to_dict()
-    used = any(config[name] != unused for name, unused in FORMAT_2_FIELDS.items())
-    return FORMAT_2 if used else FORMAT
+    """The oldest format that can hold ``cfg``: format 1 unless a format-2 field is used,
+    format 3 if a format-3 field is."""
+    config = {k: getattr(cfg, k) for k in (*FORMAT_2_FIELDS, *FORMAT_3_FIELDS)}
+    for fmt in (FORMAT_3, FORMAT_2):
+        if any(config[name] != unused for name, unused in _NEW_FIELDS[fmt].items()):
+            return fmt
+    return FORMAT
 
 
 def _config_json(cfg: EncoderConfig, fmt: str) -> str:
-    """The config as JSON; format 1 files leave out the format-2 fields (older readers
-    reject fields they do not know)."""
+    """The config as JSON; a file leaves out the fields of formats newer than its own
+    (older readers reject fields they do not know)."""
     config = cfg.to_dict()
-    if fmt == FORMAT:
-        config = {k: v for k, v in config.items() if k not in FORMAT_2_FIELDS}
+    for newer in FORMATS[FORMATS.index(fmt) + 1 :]:
+        config = {k: v for k, v in config.items() if k not in _NEW_FIELDS[newer]}
     return json.dumps(config, sort_keys=True)
 
 
@@ -160,7 +186,8 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
     fmt = metadata.get("format")
     if fmt not in FORMATS:
         raise CheckpointError(
-            f"{path}: metadata 'format' is {fmt!r}, expected {FORMAT!r} or {FORMAT_2!r}"
+            f"{path}: metadata 'format' is {fmt!r}, expected {FORMAT!r}, {FORMAT_2!r} or "
+            f"{FORMAT_3!r}"
         )
     if "config" not in metadata:
         raise CheckpointError(f"{path}: metadata has no 'config'")
@@ -168,10 +195,12 @@ def load_file(path: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
         cfg = EncoderConfig.from_json(metadata["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata 'config' is invalid: {e}") from None
-    if fmt == FORMAT and format_of(cfg) != FORMAT:
+    needed = format_of(cfg)
+    if FORMATS.index(fmt) < FORMATS.index(needed):
+        n = FORMATS.index(needed) + 1
         raise CheckpointError(
-            f"{path}: metadata 'format' is {FORMAT!r}, but its config uses format-2 fields "
-            f"({', '.join(FORMAT_2_FIELDS)}); expected {FORMAT_2!r}"
+            f"{path}: metadata 'format' is {fmt!r}, but its config uses format-{n} fields "
+            f"({', '.join(_NEW_FIELDS[needed])}); expected {needed!r}"
         )
     try:
         validate(weights, cfg)

@@ -21,8 +21,8 @@ from torch.utils.checkpoint import checkpoint
 from shared.backends import check_remat
 from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
-from shared.positional import sinusoidal
-from torch_impl.attention import MultiHeadAttention, dtype_kind, linear
+from shared.positional import check_position_ids, rope_inverse_frequencies, sinusoidal
+from torch_impl.attention import MultiHeadAttention, RMSNorm, dtype_kind, linear
 
 __all__ = [
     "Embeddings",
@@ -44,13 +44,20 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x)  # exact erf form (PyTorch's default)
     if name == "gelu_tanh":
         return F.gelu(x, approximate="tanh")
+    if name == "silu":
+        return F.silu(x)  # x * sigmoid(x)
     raise ValueError(f"unknown activation {name!r}")
 
 
 def layer_norm(
     cfg: EncoderConfig, dtype: torch.dtype | None, *, width: int | None = None
-) -> nn.LayerNorm:
-    return nn.LayerNorm(width or cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype)
+) -> nn.LayerNorm | RMSNorm:
+    """The config's norm: LayerNorm (with a bias unless ``norm_bias=False``) or RMSNorm."""
+    if cfg.norm == "rms_norm":
+        return RMSNorm(width or cfg.d_model, cfg.layer_norm_eps, dtype=dtype)
+    return nn.LayerNorm(
+        width or cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.norm_bias, dtype=dtype
+    )
 
 
 def _embedding(rows: int, cfg: EncoderConfig, dtype: torch.dtype | None) -> nn.Embedding:
@@ -95,17 +102,17 @@ class TokenEmbeddings(nn.Module):
     The sum is not scaled by sqrt(D) (the paper scales token embeddings; BERT does not).
     Sinusoidal positions extend past ``max_len``; learned ones cannot. Positions are
     0..T-1, or, with ``position_pad_id`` (RoBERTa), counted over the non-pad ids
-    (:meth:`position_ids`, the one place positions are computed).
+    (:meth:`position_ids`, the one place positions are computed), unless the call passes
+    ``position_ids`` (:meth:`positions`). With RoPE (``positional="rope"``) nothing is
+    added here: the positions rotate q and k in every layer.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.token = _embedding(cfg.vocab_size, cfg, dtype)
-        if cfg.positional == "learned":
-            self.position = _embedding(cfg.max_len, cfg, dtype)
-        else:
-            self.position = None
+        self.position = _embedding(cfg.max_len, cfg, dtype) if cfg.positional == "learned" else None
+        if cfg.positional == "sinusoidal":
             table = sinusoidal(cfg.max_len, cfg.embed_width)  # (max_len, E), float64
             table = torch.from_numpy(table).to(dtype or torch.get_default_dtype())
             self.register_buffer("sinusoid", table, persistent=False)
@@ -129,6 +136,16 @@ class TokenEmbeddings(nn.Module):
         real = (input_ids != pad).long()  # (B, T)
         return torch.cumsum(real, dim=1) * real + pad
 
+    def positions(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B|1, T) positions of a call: ``position_ids`` checked (integer (B, T) or (1, T),
+        in [0, max_len)) and on the model's device, or :meth:`position_ids`' default."""
+        if position_ids is None:
+            return self.position_ids(input_ids)
+        check_position_ids(self.config, _values(position_ids), *input_ids.shape)
+        return _index(position_ids, input_ids.device)
+
     def position_vectors(self, position_ids: torch.Tensor) -> torch.Tensor:
         """(B|1, T) positions -> (B|1, T, E) position vectors (learned, or the sinusoid)."""
         if self.position is not None:
@@ -146,10 +163,12 @@ class TokenEmbeddings(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids (B, T) -> ``(x (B, T, D), key_padding_mask (B, T) bool or None)``.
 
         Checks the arguments (``shared.inputs``); ``pixel_values`` is an error here.
+        ``position_ids`` (B|1, T) replace the default positions (:meth:`positions`).
         """
         if pixel_values is not None or input_ids is None:
             given = (input_ids, attention_mask, token_type_ids)
@@ -160,7 +179,8 @@ class TokenEmbeddings(nn.Module):
         device = self.token.weight.device
         input_ids = _index(input_ids, device)
         x = self.token(input_ids)  # (B, T, E)
-        x = x + self.position_vectors(self.position_ids(input_ids))  # + (B|1, T, E)
+        if self.config.positional != "rope":  # RoPE rotates q and k in the layers instead
+            x = x + self.position_vectors(self.positions(input_ids, position_ids))  # + (B|1, T, E)
         if self.token_type is not None:
             if token_type_ids is None:
                 types = torch.zeros_like(input_ids)
@@ -198,9 +218,15 @@ class PatchEmbeddings(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
         """pixel_values (B, C, H, W) -> ``(x (B, 1 + N, D), None)``. Checks the arguments
-        (``shared.inputs``): the token arguments are an error here."""
+        (``shared.inputs``): the token arguments and ``position_ids`` are an error here."""
+        if position_ids is not None:
+            raise ValueError(
+                "position_ids are for text models; a ViT's positions are its patches "
+                "(expected position_ids=None)"
+            )
         if pixel_values is not None:
             pixel_values = torch.as_tensor(pixel_values)
         given = (input_ids, attention_mask, token_type_ids)
@@ -214,20 +240,40 @@ class PatchEmbeddings(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike."""
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, applied to each position alike; with
+    ``gated_ffn`` a GLU (Shazeer 2020): (act(x W_gate + b_gate) * (x W_1 + b_1)) W_2 + b_2
+    (GeGLU with gelu, SwiGLU with silu). Biases as ``mlp_bias`` / ``mlp_out_bias`` say."""
 
     def __init__(self, cfg: EncoderConfig, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.activation = cfg.activation
-        self.in_proj = linear(cfg.d_model, cfg.d_ff, dtype=dtype)
-        self.out_proj = linear(cfg.d_ff, cfg.d_model, dtype=dtype)
+        d, f, bias = cfg.d_model, cfg.d_ff, cfg.mlp_bias
+        self.gate_proj = linear(d, f, dtype=dtype, bias=bias) if cfg.gated_ffn else None
+        self.in_proj = linear(d, f, dtype=dtype, bias=bias)
+        self.out_proj = linear(f, d, dtype=dtype, bias=cfg.mlp_out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         # Position-wise: every token is one row. As 2-D matmuls, XLA:CPU's backward pass runs
         # about twice as fast as on (B, T, D) (benchmarks/results/README.md has the figures).
-        h = activation(self.activation, self.in_proj(x.reshape(b * t, d)))  # (B*T, F)
+        x = x.reshape(b * t, d)
+        h = self.in_proj(x)  # (B*T, F)
+        if self.gate_proj is None:
+            h = activation(self.activation, h)
+        else:
+            h = activation(self.activation, self.gate_proj(x)) * h
         return self.out_proj(h).reshape(b, t, d)  # (B, T, D)
+
+
+def attention_options(cfg: EncoderConfig) -> dict:
+    """The config's optional attention parts, as ``MultiHeadAttention``'s arguments."""
+    return {
+        "n_kv_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "bias": cfg.attention_bias,
+        "qk_norm_eps": cfg.layer_norm_eps if cfg.qk_norm else None,
+        "rope_interleaved": cfg.rope_interleaved,
+    }
 
 
 class EncoderLayer(nn.Module):
@@ -239,6 +285,10 @@ class EncoderLayer(nn.Module):
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
     ``remat="attention"`` recomputes the attention sub-block in the backward
     (``torch.utils.checkpoint``); the stack handles ``"block"``.
+
+    Layer ``index`` reads its own parts of the config: its window (``cfg.layer_window``), its
+    RoPE base (``cfg.layer_rope_theta``; the table ``inv_freq`` is a constant, not a
+    parameter), and, for ModernBERT's layer 0 (``first_attn_norm=False``), no norm1.
     """
 
     def __init__(
@@ -248,12 +298,23 @@ class EncoderLayer(nn.Module):
         backend: str = "math",
         dtype: torch.dtype | None = None,
         remat: str = "none",
+        index: int = 0,
     ) -> None:
         super().__init__()
         self.remat = check_remat(remat)
         self.norm_first = cfg.norm_first
-        self.attention = MultiHeadAttention(cfg.d_model, cfg.n_heads, backend=backend, dtype=dtype)
-        self.norm1 = layer_norm(cfg, dtype)
+        self.window = cfg.layer_window(index)
+        self.attention = MultiHeadAttention(
+            cfg.d_model, cfg.n_heads, **attention_options(cfg), backend=backend, dtype=dtype
+        )
+        if cfg.positional == "rope":
+            inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.layer_rope_theta(index))
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            self.register_buffer("inv_freq", torch.from_numpy(inv_freq).to(acc), persistent=False)
+        else:
+            self.inv_freq = None
+        skip = index == 0 and not cfg.first_attn_norm
+        self.norm1 = None if skip else layer_norm(cfg, dtype)
         self.ffn = FeedForward(cfg, dtype=dtype)
         self.norm2 = layer_norm(cfg, dtype)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -265,16 +326,21 @@ class EncoderLayer(nn.Module):
         *,
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        positions: torch.Tensor | None = None,
         return_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) -> ``(x (B, T, D), attention weights (B, H, T, T) or None)``.
 
         ``mask`` (general), ``key_padding_mask`` (B, T) and ``is_causal`` go to the attention
-        as they are (``MultiHeadAttention`` documents them).
+        as they are (``MultiHeadAttention`` documents them), with the layer's window;
+        ``positions`` (B|1, T) rotate q and k when the config has RoPE.
         """
         masks = {"mask": mask, "key_padding_mask": key_padding_mask, "is_causal": is_causal}
+        masks["window"] = self.window
+        masks["rope"] = None if self.inv_freq is None else (positions, self.inv_freq)
         if self.norm_first:
-            a, weights = self._attend(self.norm1(x), masks, return_attention)
+            y = x if self.norm1 is None else self.norm1(x)
+            a, weights = self._attend(y, masks, return_attention)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
@@ -311,8 +377,8 @@ class Encoder(nn.Module):
         self.remat = check_remat(remat)
         self.layers = nn.ModuleList(
             [
-                EncoderLayer(cfg, backend=backend, dtype=dtype, remat=remat)
-                for _ in range(cfg.n_layers)
+                EncoderLayer(cfg, backend=backend, dtype=dtype, remat=remat, index=i)
+                for i in range(cfg.n_layers)
             ]
         )
         self.final_norm = layer_norm(cfg, dtype) if cfg.final_norm else None
@@ -324,10 +390,12 @@ class Encoder(nn.Module):
         *,
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        positions: torch.Tensor | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
-        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``.
+        """x (B, T, D) -> ``(x, attentions or None, hidden_states or None)``; ``positions``
+        (B|1, T) are the RoPE positions (with ``positional="rope"``).
 
         ``hidden_states`` holds N + 1 tensors: the input, then each layer's output (before
         the final norm); ``attentions`` holds each layer's (B, H, T, T) weights.
@@ -342,6 +410,7 @@ class Encoder(nn.Module):
                 mask,
                 key_padding_mask=key_padding_mask,
                 is_causal=is_causal,
+                positions=positions,
                 return_attention=return_attention,
             )
             if return_attention:
@@ -394,6 +463,7 @@ class TransformerEncoder(nn.Module):
         *,
         pixel_values: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
@@ -407,6 +477,9 @@ class TransformerEncoder(nn.Module):
             token_type_ids: (B, T) segment ids; row 0 when omitted (if the config has types).
             mask: general boolean attention mask (B|1, H|1, T|1, T), True = may attend;
                 combines (logical and) with ``attention_mask`` and ``is_causal``.
+            position_ids: (B, T) or (1, T) integer positions in [0, max_len) replacing the
+                default 0..T-1 (RoBERTa: counted from the ids): with left padding, pass them.
+                With RoPE they rotate q and k in every layer (Su et al. 2021).
             is_causal: position t attends only to positions <= t.
             return_attention: also return each layer's (B, H, T, T) attention weights.
             return_hidden_states: also return the N + 1 hidden states (embeddings, then each
@@ -426,7 +499,11 @@ class TransformerEncoder(nn.Module):
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
+            position_ids=position_ids,
         )  # (B, T, D), (B, T) or None
+        positions = None
+        if self.config.positional == "rope":  # (B|1, T): they rotate q and k in each layer
+            positions = self.embeddings.positions(_index(input_ids, x.device), position_ids)
         if mask is not None:
             mask = torch.as_tensor(mask, device=x.device)
         x, attentions, hidden_states = self.encoder(
@@ -434,6 +511,7 @@ class TransformerEncoder(nn.Module):
             mask,
             key_padding_mask=key_padding_mask,
             is_causal=is_causal or self.config.causal,
+            positions=positions,
             return_attention=return_attention,
             return_hidden_states=return_hidden_states,
         )

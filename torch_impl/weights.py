@@ -44,7 +44,7 @@ __all__ = [
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 # Module path parts -> format-v1 name parts; "encoder." (the stack) is dropped.
-RENAMES = {"in_proj": "in", "out_proj": "out"}
+RENAMES = {"in_proj": "in", "out_proj": "out", "gate_proj": "gate"}
 
 
 def to_numpy(x) -> np.ndarray:

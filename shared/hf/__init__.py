@@ -1,7 +1,8 @@
 """Hugging Face checkpoint folders <-> checkpoint format (weights + ``EncoderConfig``).
 
 ``load(folder)`` reads ``config.json`` + ``model.safetensors`` of BERT, RoBERTa, XLM-RoBERTa,
-DistilBERT, ELECTRA (the discriminator body), GPT-2 and ViT; ``save(weights, cfg, folder)`` writes
+DistilBERT, ELECTRA (the discriminator body), GPT-2, ViT, ModernBERT (and mmBERT), NomicBERT,
+EuroBERT, GTE, Llama and Qwen3; ``save(weights, cfg, folder)`` writes
 a folder that ``transformers.AutoModel.from_pretrained`` loads. One module per family
 (``bert.py`` ...) says everything that differs; this module is the machinery they share.
 
@@ -27,7 +28,20 @@ from shared import weights as v1
 from shared.atomic import OutputPathError, check_output_path
 from shared.cli import ArgumentParser, fail
 from shared.config import EncoderConfig
-from shared.hf import bert, distilbert, electra, gpt2, roberta, vit
+from shared.hf import (
+    bert,
+    distilbert,
+    electra,
+    eurobert,
+    gpt2,
+    gte,
+    llama,
+    modernbert,
+    nomic_bert,
+    qwen3,
+    roberta,
+    vit,
+)
 from shared.hf.family import Family
 from shared.hf.files import (
     open_safetensors,
@@ -48,19 +62,28 @@ FAMILIES: tuple[Family, ...] = (
     electra.FAMILY,
     gpt2.FAMILY,
     vit.FAMILY,
+    modernbert.FAMILY,
+    nomic_bert.FAMILY,
+    eurobert.FAMILY,
+    gte.FAMILY,
+    llama.FAMILY,
+    qwen3.FAMILY,
 )
 
 # model_type values that look close but compute something else: why each is refused.
 NEAR_MISSES = {
-    "modernbert": "rotary position embeddings (RoPE), not added learned positions",
     "deberta": "relative position scores (disentangled attention)",
     "deberta-v2": "relative position scores (disentangled attention)",
     "beit": "a relative position bias in every layer",
     "mpnet": "a relative position bias in every layer",
     "albert": "one layer's weights shared across the stack, factorised embeddings",
     "gpt_neo": "local attention in alternate layers",
-    "gptj": "rotary position embeddings (RoPE)",
-    "llama": "rotary position embeddings (RoPE), RMSNorm and a gated feed-forward",
+    "gptj": "rotary position embeddings on part of each head, and parallel attention and MLP",
+    "mistral": "a causal sliding window of sliding_window keys including the query itself",
+    "qwen2": "biases on q, k and v but not on the output projection",
+    "gemma": "RMSNorm scaled by (1 + weight) and embeddings scaled by sqrt(hidden_size)",
+    "gemma2": "logit soft-capping and norms after each sub-layer as well as before",
+    "jina_bert": "ALiBi attention biases instead of positions",
 }
 
 
@@ -178,9 +201,11 @@ def save(
     """Write ``config.json`` + ``model.safetensors`` that ``transformers.AutoModel`` loads.
 
     ``model_type`` picks the family; by default it follows from the config (``image_size``:
-    ViT, ``causal``:
-    GPT-2, ``position_pad_id``: RoBERTa, ``embed_dim``: ELECTRA, no token types: DistilBERT,
-    else BERT). Raises ValueError naming the field when the family cannot express ``cfg``.
+    ViT; RoPE: Qwen3 with ``qk_norm``, ModernBERT without ``first_attn_norm``, Llama or
+    EuroBERT with RMSNorm (causal or not), GTE or NomicBERT post-norm (attention biases or
+    not); ``causal``: GPT-2, ``position_pad_id``: RoBERTa, ``embed_dim``: ELECTRA, no token
+    types: DistilBERT, else BERT). Raises ValueError naming the field when the family cannot
+    express ``cfg``.
     """
     model_type = model_type or _model_type_for(cfg)
     family = family_of(model_type)
@@ -199,6 +224,14 @@ def save(
 def _model_type_for(cfg: EncoderConfig) -> str:
     if cfg.image_size:
         return "vit"
+    if cfg.positional == "rope":
+        if cfg.qk_norm:
+            return "qwen3"
+        if not cfg.first_attn_norm:
+            return "modernbert"
+        if cfg.norm == "rms_norm":
+            return "llama" if cfg.causal else "eurobert"
+        return "gte" if cfg.attention_bias else "nomic_bert"
     if cfg.causal:
         return "gpt2"
     if cfg.position_pad_id is not None:

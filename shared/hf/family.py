@@ -20,8 +20,11 @@ __all__ = [
     "EXPORTED_ACTIVATIONS",
     "Family",
     "activation",
+    "linear",
     "refuse",
     "require",
+    "rope_block",
+    "rope_theta",
     "sizes",
 ]
 
@@ -32,9 +35,16 @@ ACTIVATIONS = {
     "gelu_new": "gelu_tanh",  # the tanh approximation, written out (GPT-2's default)
     "gelu_pytorch_tanh": "gelu_tanh",  # the same, through F.gelu(approximate="tanh")
     "relu": "relu",
+    "silu": "silu",  # x * sigmoid(x): SwiGLU's gate (Llama, Qwen3, EuroBERT, NomicBERT)
+    "swish": "silu",  # transformers' other name for it
 }
 # EncoderConfig.activation -> what an exported config.json says (exactly what we compute)
-EXPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+EXPORTED_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "relu": "relu",
+    "silu": "silu",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +80,7 @@ def activation(data: dict[str, Any], key: str) -> str:
     if name not in ACTIVATIONS:
         raise ValueError(
             f"{key} is {name!r}; supported: {sorted(ACTIVATIONS)} "
-            "(exact GELU, its tanh approximation, ReLU)"
+            "(exact GELU, its tanh approximation, ReLU, SiLU)"
         )
     return ACTIVATIONS[name]
 
@@ -84,3 +94,37 @@ def refuse(cfg: EncoderConfig, family: str, **needed: Any) -> None:
                 f"{family} cannot express {field}={got!r}: a {family} config needs "
                 f"{field}={value!r}"
             )
+
+
+def linear(outside: str, ours: str, bias: bool) -> tuple[Row, ...]:
+    """The rows of one ``nn.Linear`` (weight (out, in), transposed) and its bias if any."""
+    rows: tuple[Row, ...] = ((f"{outside}.weight", (f"{ours}.weight",), "transpose"),)
+    return rows + (((f"{outside}.bias", (f"{ours}.bias",), "copy"),) if bias else ())
+
+
+def rope_theta(params: Any, what: str = "rope_parameters") -> float:
+    """The RoPE base of a config.json rope block ``{"rope_type": ..., "rope_theta": ...}``.
+
+    Only unscaled RoPE is read: any other ``rope_type`` (linear, dynamic, yarn, longrope,
+    llama3 ...) rescales the frequencies, which this encoder does not compute, and is
+    refused by name.
+    """
+    if not isinstance(params, dict) or "rope_theta" not in params:
+        raise ValueError(f"{what} must be a dict with 'rope_theta', got {params!r}")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise ValueError(
+            f"{what} has rope_type {kind!r}; only 'default' (unscaled RoPE) is supported: "
+            f"{kind!r} rescales the rotary frequencies, which changes the math"
+        )
+    return float(params["rope_theta"])
+
+
+def rope_block(data: dict[str, Any], default_theta: float) -> dict[str, Any]:
+    """config.json's rope block: ``rope_parameters`` (transformers 5), else the older
+    top-level ``rope_theta`` with ``rope_scaling`` (refused unless null)."""
+    if data.get("rope_parameters") is not None:
+        return data["rope_parameters"]
+    scaling = data.get("rope_scaling")
+    block = {"rope_type": "default", "rope_theta": data.get("rope_theta", default_theta)}
+    return block if scaling is None else {**block, **scaling}
