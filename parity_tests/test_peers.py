@@ -275,3 +275,36 @@ def test_peer_rows_record_their_parity():
         assert row.parity_ok is True, (row, lines)
         assert row.parity_max_abs_diff is not None
         assert "against ours-fused" in row.notes
+
+
+def test_peer_targets_are_peer_time_over_ours():
+    from benchmarks.peers.targets import parity_lines, peer_targets
+
+    def row(framework, implementation, backend, ms, **kw):
+        return {
+            "framework": framework,
+            "implementation": implementation,
+            "backend": backend,
+            "mode": "compiled",
+            "phase": "forward",
+            "dtype": "float32",
+            "batch": 8,
+            "seq_len": 128,
+            "median_ms": ms,
+            "parity_max_abs_diff": kw.get("diff"),
+            "parity_ok": kw.get("ok"),
+        }
+
+    rows = [
+        row("torch", "ours", "fused", 100.0),
+        row("torch", "hf", "sdpa", 120.0, diff=2e-6, ok=True),
+        row("jax", "ours", "fused", 50.0),
+        row("jax", "keras", "keras", 40.0, diff=1e-4, ok=False),
+    ]
+    found = {what: (ratio, target) for what, ratio, target in peer_targets(rows)}
+    assert found["torch hf / ours-fused time, compiled forward B=8 T=128"] == (1.2, 1.0)
+    assert found["jax keras / ours-fused time, compiled forward B=8 T=128"] == (0.8, 1.0)
+    assert found["torch keras / ours-fused time, compiled forward B=8 T=128"] == (None, None)
+    assert found["torch hf / ours-fused time, compiled train_step B=2 T=512"] == (None, 1.0)
+    lines = parity_lines(rows)
+    assert len(lines) == 2 and "OUTSIDE" in lines[1] and "2.0e-06 (within" in lines[0]
