@@ -216,6 +216,16 @@ def test_peer_variants_run_where_their_model_exists():
         ("jax", "keras"),
     }
     assert REGISTRY["keras"].own_process and not REGISTRY["hf"].own_process
+    # the suite itself: every peer against ours at both shapes, keras-hub's train step on JAX
+    suite = expand(SUITES["peers"], Selection(frameworks=("torch", "jax"), device="cpu"))
+    assert {(c.batch, c.seq_len) for c in suite} == {(8, 128), (2, 512)}
+    train = {(c.framework, c.variant) for c in suite if c.phase == "train_step"}
+    assert train == {
+        ("torch", "ours-fused"),
+        ("torch", "hf"),
+        ("jax", "ours-fused"),
+        ("jax", "keras"),
+    }
     # the other suites time ours and native only
     for name in ("quick", "standard", "full"):
         variants = {c.variant for c in expand(SUITES[name], Selection(("torch",), "cpu"))}
