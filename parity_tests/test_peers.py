@@ -318,3 +318,30 @@ def test_peer_targets_are_peer_time_over_ours():
     assert found["torch hf / ours-fused time, compiled train_step B=2 T=512"] == (None, 1.0)
     lines = parity_lines(rows)
     assert len(lines) == 2 and "OUTSIDE" in lines[1] and "2.0e-06 (within" in lines[0]
+
+
+@needs_keras
+def test_paired_timing_of_ours_and_keras_on_jax(tmp_path):
+    """``python -m benchmarks.peers.paired``: both built, compiled and timed in turn."""
+    config = tmp_path / "tiny-bert.json"
+    config.write_text(TINY.to_json())
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.peers.paired", "--framework", "jax"),
+            *("--peer", "keras", "--config", str(config), "--batch", "2"),
+            *("--seq-len", str(T), "--repeats", "2"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("jax forward tiny-bert B=2 T=16, compiled, 2 interleaved rounds")
+    assert [line.split()[0] for line in lines[1:3]] == ["ours-fused", "keras"]
+    assert lines[3].strip().startswith("keras / ours-fused: wall ")

@@ -37,6 +37,7 @@ def build(cfg: EncoderConfig, weights: dict, dtype: torch.dtype, *, attention: s
     import transformers
 
     transformers.logging.set_verbosity_error()  # no load report: every tensor is expected
+    transformers.logging.disable_progress_bar()  # nor a progress bar on stderr
     with tempfile.TemporaryDirectory(prefix="twin-encoder-hf-") as folder:
         hf.save(weights, cfg, folder, model_type="bert")
         model = transformers.AutoModel.from_pretrained(
