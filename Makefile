@@ -10,14 +10,19 @@ TORCH_SPEC    ?= torch==$(TORCH_VERSION)+cpu
 TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 STAMP  := $(VENV)/.installed
 
-.PHONY: test bench bench-standard bench-mesh notebooks lint format clean
+.PHONY: test bench bench-standard bench-mesh bench-peers notebooks lint format clean
 
+# keras-hub (the keras benchmark peer) is installed without its requirements: it requires
+# tensorflow-text, and so TensorFlow (gigabytes), which its BertBackbone never imports on the
+# JAX or torch backend. The requirements BertBackbone does import (keras, regex, tokenizers)
+# come with the peers extra of .[dev]; nothing installs TensorFlow.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" \
 	  || $(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt keras-hub
 	touch $(STAMP)
 
 # Tests run in TEST_WORKERS processes (pytest-xdist); each loads torch and JAX, about 2 GiB.
@@ -32,6 +37,11 @@ bench: $(STAMP)
 # The committed CPU results: benchmarks/results/cpu-standard (about 20 minutes on 2 cores).
 bench-standard: $(STAMP)
 	$(PY) -m benchmarks --suite standard --device cpu --out benchmarks/results/cpu-standard
+
+# Ours against transformers' BertModel and keras-hub's BertBackbone (JAX and torch backends):
+# the committed CPU results benchmarks/results/cpu-peers.
+bench-peers: $(STAMP)
+	$(PY) -m benchmarks --suite peers --device cpu --repeats 3 --out benchmarks/results/cpu-peers
 
 # The train step on device meshes beside one device (on a CPU the devices share its cores:
 # overhead, not speedup).

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import environment
+from benchmarks import environment, peers
 from benchmarks import mesh as meshes
 from benchmarks.mesh import parse_mesh
 from benchmarks.suites import (
@@ -324,6 +324,13 @@ def _check(args, suite, cfg, selection: Selection) -> list[Case]:
             "--mesh runs train-step rows on the mesh, and this selection has none: add "
             "--phases train_step, or use --suite mesh"
         )
+    for name in dict.fromkeys(c.variant for c in cases):
+        problem = peers.config_problem(REGISTRY[name], cfg)
+        if problem:
+            raise UsageError(
+                f"--variants {name}: {problem} (--config bert-base-tanh is a BERT every peer "
+                "computes)"
+            )
     for case in cases:
         if case.mesh.devices > 1:
             try:

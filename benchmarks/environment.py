@@ -260,6 +260,9 @@ def capture(
             ("numpy", "numpy"),
             ("torch_xla", "torch_xla"),
             ("matplotlib", "matplotlib"),
+            ("transformers", "transformers"),  # the hf peer
+            ("keras", "keras"),  # the keras peer
+            ("keras_hub", "keras-hub"),
         )
     }
     versions["python"] = platform.python_version()

@@ -179,7 +179,7 @@ def _throughput_bars(plt: Any, rows: Sequence[Row], path: Path) -> bool:
             ax.bar(xs, values, width, label=fw, **_FRAMEWORK_BARS.get(fw, {}))
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(
-            [("native" if i == "native" else f"ours {b}") + f"\n{m}" for i, b, m in groups],
+            [_group_label(i, b) + f"\n{m}" for i, b, m in groups],
             fontsize="small",
         )
         batch = here[0].batch
@@ -350,3 +350,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _group_label(implementation: str, backend: str) -> str:
+    """``ours fused``, ``native``, ``hf sdpa``, ``keras``."""
+    if implementation == backend:
+        return implementation
+    return f"{implementation} {backend}"

@@ -36,7 +36,12 @@ WIDTH = 120  # columns of the printed table
 
 
 def _variant(row: Row) -> str:
-    return "native" if row.implementation == "native" else f"{row.implementation}-{row.backend}"
+    if row.implementation in ("native", "keras") or (row.implementation, row.backend) == (
+        "hf",
+        "sdpa",
+    ):
+        return row.implementation  # its variant's name (benchmarks.variants)
+    return f"{row.implementation}-{row.backend}"
 
 
 def _mib(value: int | None) -> str:
@@ -155,8 +160,9 @@ time of one call; ±IQR: interquartile range of the timed calls. util%: analytic
 (shared/flops.py) / time, as a share of the matmul peak measured in this run (same framework,
 device, dtype). MiB: peak working memory of one call on one device (memory_method in
 results.json says how). compile s: cold[/warm] compile time. parity: max |torch - jax| of the
-pair's forward outputs; "!" marks one outside shared/tolerances.py. Every other field (kernel,
-datasheet utilisation, notes, ...) is in results.csv and results.json."""
+pair's forward outputs (a peer, hf or keras: max |peer - ours-fused|, same framework); "!"
+marks one outside shared/tolerances.py. Every other field (kernel, datasheet utilisation,
+notes, ...) is in results.csv and results.json."""
 
 
 def results_document(

@@ -23,6 +23,10 @@ On a mesh (``case.mesh``, in a child process that sees the mesh's devices, start
 ``benchmarks.mesh``): the model goes to ``jax_impl.parallel.parallelize`` and the batch to
 ``parallel.place_batch``; the same functions then run sharded.
 
+keras-hub's backbone (the ``keras`` peer, ``benchmarks.peers``) is a Keras model, not an
+``nnx.Module``: in a child process with ``KERAS_BACKEND=jax``, ``FUNCTIONS`` gives the same
+pure functions of its variables (``stateless_call``), compiled, donated and timed alike.
+
 Peak memory, one definition: the working memory of one call on one device. Compiled on an
 accelerator or on a mesh, XLA's buffer assignment (:func:`planned_working_bytes`); on one
 CPU device, the process's resident memory sampled during one call.
@@ -43,14 +47,23 @@ from flax import nnx
 import jax_impl
 import jax_impl.native
 import jax_impl.train
+from benchmarks import peers
 from benchmarks.harness import PeakRss, Workload, time_calls
 from benchmarks.peaks import MeasuredPeak, peak_matmul_size
 from benchmarks.suites import Case
 from benchmarks.variants import Variant, variant
+from benchmarks.variants import variant as lookup
 from shared.config import EncoderConfig
 from shared.training import TrainConfig
 
-__all__ = ["BUILDERS", "JaxRunner", "NativeModel", "build_model", "planned_working_bytes"]
+__all__ = [
+    "BUILDERS",
+    "FUNCTIONS",
+    "JaxRunner",
+    "NativeModel",
+    "build_model",
+    "planned_working_bytes",
+]
 
 JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # every parameter trained (the key bias too), AdamW as in the training examples
@@ -94,6 +107,20 @@ def _build_native(v: Variant, cfg: EncoderConfig, weights: dict, dtype: Any) -> 
 BUILDERS: dict[str, Callable[[Variant, EncoderConfig, dict, Any], nnx.Module]] = {
     "ours": _build_ours,
     "native": _build_native,
+}
+
+
+def keras_function(phase: str, cfg: EncoderConfig, weights: dict, dtype: str, ids: Any):
+    """keras-hub's backbone (Keras's JAX backend, in a child process with KERAS_BACKEND=jax)
+    as :meth:`JaxRunner._pure_function` gives ours: ``(function, arguments, donated)``."""
+    from benchmarks.peers import keras_bert
+
+    return keras_bert.jax_function(phase, cfg, weights, dtype, ids, TRAIN)
+
+
+# implementation -> its pure functions, for a peer that is not an nnx.Module (a Keras model)
+FUNCTIONS: dict[str, Callable[..., tuple[Callable, tuple, tuple[int, ...]]]] = {
+    "keras": keras_function,
 }
 
 
@@ -156,8 +183,10 @@ class JaxRunner:
     def unsupported(self, case: Case) -> str | None:
         """Why this runner cannot run ``case``, or None if it can."""
         v = variant(case.variant)
-        if v.implementation not in BUILDERS:
+        if v.implementation not in {**BUILDERS, **FUNCTIONS} or "jax" not in v.frameworks:
             return f"no JAX builder for {v.implementation}"
+        if peers.missing(v):
+            return peers.missing(v)
         if case.mesh.devices > 1 and not v.shardable:
             return f"the sharding plan covers our encoder only, not {v.name}"
         return None
@@ -179,10 +208,15 @@ class JaxRunner:
     ) -> np.ndarray:
         """Eval-mode hidden states (B, T, D) as float32 NumPy, for the parity check."""
         with jax.default_device(self.device):
-            model = build_model(variant, cfg, weights, dtype=dtype)
-            model.eval()
-            graphdef, state = nnx.split(model)
-            h = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(ids))
+            implementation = lookup(variant).implementation
+            if implementation in FUNCTIONS:
+                fn, args, _ = FUNCTIONS[implementation]("forward", cfg, weights, dtype, ids)
+                h = jax.jit(fn)(*args)
+            else:
+                model = build_model(variant, cfg, weights, dtype=dtype)
+                model.eval()
+                graphdef, state = nnx.split(model)
+                h = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(ids))
         return np.asarray(h.astype(jnp.float32))
 
     def matmul_peak(self, dtype: str, *, repeats: int = 10) -> MeasuredPeak:
@@ -212,6 +246,11 @@ class JaxRunner:
         if asked (cold compile time measured, and warm unless ``warm_compile`` is false)."""
         sharded = case.mesh.devices > 1
         with jax.default_device(self.device):
+            if case.implementation in FUNCTIONS:
+                make = FUNCTIONS[case.implementation]
+                fn, args, donate = make(case.phase, cfg, weights, case.dtype, jnp.asarray(ids))
+                args = jax.device_put(args, self.device)
+                return self._workload(case, fn, args, donate, False, warm_compile=warm_compile)
             model = build_model(case.variant, cfg, weights, dtype=case.dtype, remat=case.remat)
             if case.phase == "forward":
                 model.eval()
@@ -228,7 +267,19 @@ class JaxRunner:
             fn, args, donate = self._pure_function(case.phase, graphdef, params, rest, inputs)
             if not sharded:  # committed to the device: eager ops and compiled calls run there
                 args = jax.device_put(args, self.device)
+        return self._workload(case, fn, args, donate, sharded, warm_compile=warm_compile)
 
+    def _workload(
+        self,
+        case: Case,
+        fn: Callable,
+        args: tuple,
+        donate: tuple[int, ...],
+        sharded: bool,
+        *,
+        warm_compile: bool = True,
+    ) -> Workload:
+        """The pure function ``fn`` of ``args`` ready to time (compiled if asked)."""
         state = {"args": args}
         compiled = None
         work = Workload(step=lambda: None, sync=self.sync)

@@ -16,9 +16,14 @@ negligible; there is no task head):
 
 Compiled modes use ``torch.compile(fn, dynamic=False)``: one static-shape compilation per
 shape, as a sequence sweep then compiles per shape (and the rows say so). Inductor's
-pattern matcher recognises the written-out attention of the math backend and replaces it
-with SDPA: a compiled math row then runs the same attention kernel as a fused row, and its
-``kernel`` and notes say so.
+pattern matcher recognises the written-out attention of the math backend (and of
+``hf-eager``) and replaces it with SDPA: a compiled math row then runs the same attention
+kernel as a fused row, and its ``kernel`` and notes say so.
+
+The peers (``benchmarks.peers``) are built here too: ``hf`` is ``transformers.BertModel``;
+``keras`` is keras-hub's backbone on Keras's torch backend, built only in a child process
+whose ``KERAS_BACKEND`` is "torch". Both are PyTorch modules called with token ids and go
+through the same phases, optimizer and compilation as ours.
 
 On a mesh (``case.mesh``, in one process per device started by ``benchmarks.mesh``): the
 model goes to ``torch_impl.parallel.parallelize`` and each rank gets its slice of the batch;
@@ -43,6 +48,7 @@ from torch import nn
 import torch_impl
 import torch_impl.native
 import torch_impl.train
+from benchmarks import peers
 from benchmarks.harness import PeakRss, Workload, time_calls, timed
 from benchmarks.peaks import MeasuredPeak, peak_matmul_size
 from benchmarks.suites import Case
@@ -53,6 +59,7 @@ from shared.training import TrainConfig
 __all__ = ["BUILDERS", "NativeModel", "TorchRunner", "build_model"]
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPE_NAMES = {d: name for name, d in TORCH_DTYPES.items()}
 # every parameter trained (the key bias too), AdamW as in the training examples
 TRAIN = TrainConfig(learning_rate=1e-4, weight_decay=0.01, freeze_key_bias=False)
 
@@ -103,10 +110,24 @@ def _build_native(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dt
     return NativeModel(ours.embeddings, stack)
 
 
+def _build_hf(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:
+    from benchmarks.peers import hf
+
+    return hf.build(cfg, weights, dtype, attention=v.backend)
+
+
+def _build_keras(v: Variant, cfg: EncoderConfig, weights: dict, dtype: torch.dtype) -> nn.Module:
+    from benchmarks.peers import keras_torch  # in a child process with KERAS_BACKEND=torch
+
+    return keras_torch.build(cfg, weights, _DTYPE_NAMES[dtype])
+
+
 # implementation (benchmarks.variants) -> builder; a peer is one more entry
 BUILDERS: dict[str, Callable[[Variant, EncoderConfig, dict, torch.dtype], nn.Module]] = {
     "ours": _build_ours,
     "native": _build_native,
+    "hf": _build_hf,
+    "keras": _build_keras,
 }
 
 
@@ -164,8 +185,10 @@ class TorchRunner:
     def unsupported(self, case: Case) -> str | None:
         """Why this runner cannot run ``case``, or None if it can."""
         v = variant(case.variant)
-        if v.implementation not in BUILDERS:
+        if v.implementation not in BUILDERS or "torch" not in v.frameworks:
             return f"no PyTorch builder for {v.implementation}"
+        if peers.missing(v):
+            return peers.missing(v)
         if case.mesh.devices > 1 and not v.shardable:
             return f"the sharding plan covers our encoder only, not {v.name}"
         if case.mesh.devices > 1 and case.mode == "compiled":
@@ -238,7 +261,9 @@ class TorchRunner:
             mesh = parallel.make_mesh(**case.mesh.sizes)
             model = parallel.parallelize(model, mesh, fsdp=case.mesh.fsdp)
             input_ids = parallel.slice_batch(input_ids, mesh)
-        fn = self._step_function(case.phase, model, input_ids, compiled=case.mode == "compiled")
+        fn = self._step_function(
+            case.phase, model, input_ids, cfg.d_model, compiled=case.mode == "compiled"
+        )
 
         work = Workload(step=fn, sync=self.sync, notes=self.notes())
         if case.mode == "compiled":
@@ -256,7 +281,9 @@ class TorchRunner:
         work.kernel_probe = lambda: self._kernel(work.step, case, work.notes)
         return work
 
-    def _step_function(self, phase: str, model: nn.Module, ids: torch.Tensor, *, compiled: bool):
+    def _step_function(
+        self, phase: str, model: nn.Module, ids: torch.Tensor, width: int, *, compiled: bool
+    ):
         if phase == "forward":
             model.eval()
 
@@ -273,7 +300,7 @@ class TorchRunner:
             constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
             if compiled:
                 _initialise_state(model, optimizer)
-            n_targets = float(ids.numel() * model_width(model))
+            n_targets = float(ids.numel() * width)
 
             def train_step() -> torch.Tensor:
                 loss, _ = torch_impl.train.train_step(
@@ -345,7 +372,8 @@ class TorchRunner:
             self.sync(step())
         names = {e.name for e in prof.events()}
         found = [label for op, label in _KERNELS if op in names]
-        if case.backend == "math" and case.mode == "compiled" and found:
+        written_out = case.backend in ("math", "eager")  # ours-math, hf-eager
+        if written_out and case.mode == "compiled" and found:
             notes.append(
                 "Inductor replaced the written-out attention with SDPA: this compiled math "
                 "row runs the fused kernel"
@@ -353,7 +381,7 @@ class TorchRunner:
             return "+".join(found) + " (Inductor)"
         if found:
             return "+".join(found)
-        if case.backend == "math":
+        if written_out:
             return "inductor" if case.mode == "compiled" else "matmul+softmax"
         if case.backend == "flash":
             return "flash-ours (eager loops)"
@@ -363,11 +391,6 @@ class TorchRunner:
 def square_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
     """The benchmarks' stand-in loss for ``train_step``: ``sum(h**2)`` over float32 states."""
     return model(batch["input_ids"]).float().square().sum(), None
-
-
-def model_width(model: nn.Module) -> int:
-    """D of a benchmarked model (ours or the native stack): the hidden states' last axis."""
-    return model.embeddings.token.weight.shape[1]
 
 
 def _initialise_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

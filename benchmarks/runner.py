@@ -1,6 +1,8 @@
 """Running a list of cases: peaks first, then for each torch/jax pair a parity check, then
 every row of the pair timed (one device in this process; a mesh in child processes,
-``benchmarks.mesh``), with progress printed as it goes."""
+``benchmarks.mesh``; a keras-hub row in a child process whose ``KERAS_BACKEND`` is its
+framework, ``benchmarks.peers``), with progress printed as it goes. A peer's parity is its
+output against ours in the same framework."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from benchmarks import mesh as meshes
+from benchmarks import peers
 from benchmarks.harness import Measurement, Workload, measure
 from benchmarks.peaks import MeasuredPeak, datasheet_tflops
 from benchmarks.schema import Row
 from benchmarks.suites import Case
+from benchmarks.variants import PARITY_REFERENCE, variant
 from shared import reference
 from shared.config import EncoderConfig
 from shared.flops import phase_flops
@@ -159,12 +163,17 @@ def run_cases(
             ids = make_input_ids(cfg, group[0].batch, group[0].seq_len, settings.seed)
             parity = _parity(group, cfg, weights, ids, runners, log)
             for case in group:
+                row_parity = parity.get(case.framework, Parity(None, None))
                 done += 1
                 elapsed = time.perf_counter() - started
                 log(f"[{done:>3}/{len(runnable)} {elapsed:6.0f}s] {case.label()} ...")
                 try:
                     if case.mesh.devices > 1:
                         m = meshes.run_sharded(case, cfg, settings)
+                    elif variant(case.variant).own_process:
+                        m, notes, checked = peers.run_in_child(case, cfg, settings)
+                        m = (m, notes)
+                        row_parity = _peer_parity(case, checked, log)
                     else:
                         m = measure_case(case, cfg, weights, ids, runners[case.framework], settings)
                 except Exception as e:  # one row failing (out of memory, say) ends only that row
@@ -177,7 +186,7 @@ def run_cases(
                     runners[case.framework].release()
                     if progress is not None:
                         progress.advance(case)
-                row = make_row(case, m, cfg, settings, parity, peaks, device_names)
+                row = make_row(case, m, cfg, settings, row_parity, peaks, device_names)
                 result.rows.append(row)
                 log("      " + _progress_line(row))
     except KeyboardInterrupt:
@@ -219,14 +228,24 @@ def _parity(
     ids: np.ndarray,
     runners: dict[str, Runner],
     log: Callable[[str], None],
-) -> Parity:
-    """Both frameworks' forward outputs for the group's variant, dtype and shape, compared."""
+) -> dict[str, Parity]:
+    """The parity of the group's rows, per framework. Ours and native: both frameworks'
+    forward outputs for the group's variant, dtype and shape, compared. A peer: its output
+    against ours in the same framework (a peer in its own process: measured there)."""
     frameworks = {c.framework for c in group}
     case = group[0]
+    v = variant(case.variant)
     if case.mesh.devices > 1:
-        return Parity(None, None, "sharded: parity_tests/test_parallel.py checks it")
+        note = "sharded: parity_tests/test_parallel.py checks it"
+        return dict.fromkeys(frameworks, Parity(None, None, note))
+    if v.own_process:
+        return {}  # measured in each row's child process
+    if v.package is not None:
+        return {
+            fw: _peer_parity_here(case, fw, cfg, weights, ids, runners, log) for fw in frameworks
+        }
     if frameworks != {"torch", "jax"}:
-        return Parity(None, None, "no torch/jax pair to compare")
+        return dict.fromkeys(frameworks, Parity(None, None, "no torch/jax pair to compare"))
     try:
         out = {
             fw: runners[fw].forward_output(case.variant, cfg, weights, case.dtype, ids)
@@ -234,7 +253,8 @@ def _parity(
         }
     except Exception as e:
         log(f"      parity check failed: {type(e).__name__}: {str(e)[:300]}")
-        return Parity(None, None, f"parity check failed: {type(e).__name__}")
+        failed = Parity(None, None, f"parity check failed: {type(e).__name__}")
+        return dict.fromkeys(frameworks, failed)
     finally:
         for fw in ("torch", "jax"):
             runners[fw].release()
@@ -245,7 +265,35 @@ def _parity(
         f"parity {case.variant} {case.dtype} B={case.batch} T={case.seq_len}: "
         f"max |torch - jax| = {diff:.2e} ({'within' if ok else 'OUTSIDE'} the tolerance {bound:.1e})"
     )
-    return Parity(diff, ok)
+    return dict.fromkeys(frameworks, Parity(diff, ok))
+
+
+def _peer_parity_here(
+    case: Case,
+    framework: str,
+    cfg: EncoderConfig,
+    weights: dict,
+    ids: np.ndarray,
+    runners: dict[str, Runner],
+    log: Callable[[str], None],
+) -> Parity:
+    """A peer's output against ours (``PARITY_REFERENCE``), both built in this process."""
+    try:
+        checked = peers.parity(runners[framework], case.variant, cfg, weights, case.dtype, ids)
+    except Exception as e:
+        log(f"      parity check failed: {type(e).__name__}: {str(e)[:300]}")
+        return Parity(None, None, f"parity check failed: {type(e).__name__}")
+    return _peer_parity(dataclasses.replace(case, framework=framework), checked, log)
+
+
+def _peer_parity(case: Case, checked: dict[str, Any], log: Callable[[str], None]) -> Parity:
+    diff, ok, bound = checked["max_abs_diff"], checked["ok"], checked["bound"]
+    log(
+        f"parity {case.framework} {case.variant} {case.dtype} B={case.batch} "
+        f"T={case.seq_len}: max |{case.variant} - {PARITY_REFERENCE}| = {diff:.2e} "
+        f"({'within' if ok else 'OUTSIDE'} the tolerance {bound:.1e})"
+    )
+    return Parity(diff, ok, f"parity: against {PARITY_REFERENCE} ({case.framework})")
 
 
 def measure_case(

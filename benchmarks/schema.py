@@ -27,10 +27,12 @@ class Row:
 
     framework: str = _doc("torch or jax")
     implementation: str = _doc(
-        "ours (this project's encoder) or native (the framework's own modules)"
+        "ours (this project's encoder), native (the framework's own modules), or a peer: "
+        "hf (transformers' BertModel) or keras (keras-hub's BertBackbone)"
     )
     backend: str = _doc(
-        "an attention backend of shared/backends.py (math, fused, flash), or native"
+        "ours: an attention backend of shared/backends.py (math, fused, flash); native; hf: "
+        "its attn_implementation (sdpa or eager); keras"
     )
     kernel: str | None = _doc("the attention kernel that actually ran, where it can be told")
     mode: str = _doc("eager, or compiled (torch.compile / jax.jit)")
@@ -70,7 +72,8 @@ class Row:
         "compile time again, with the persistent caches filled (None when the suite skips it)"
     )
     parity_max_abs_diff: float | None = _doc(
-        "max |torch - jax| of the forward outputs, same weights and inputs"
+        "ours and native: max |torch - jax| of the forward outputs; a peer: max |peer - ours| "
+        "(ours-fused, same framework); same weights and inputs"
     )
     parity_ok: bool | None = _doc(
         "parity_max_abs_diff within shared/tolerances.py for this dtype and device"

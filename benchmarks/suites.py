@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.mesh import MeshSpec
-from benchmarks.variants import OURS_VARIANTS, VARIANTS
+from benchmarks.variants import OURS_VARIANTS, PEER_VARIANTS, VARIANTS
 from benchmarks.variants import variant as lookup_variant
 from shared.backends import REMATS
 from shared.config import EncoderConfig
@@ -84,6 +84,11 @@ PRESETS: dict[str, EncoderConfig] = {
     ),
     # BERT-base's layer shapes and embeddings, with 6 layers instead of 12
     "bert-base": EncoderConfig(d_model=768, n_heads=12, d_ff=3072, n_layers=6, **_BERT),
+    # bert-base with GELU's tanh approximation, the activation of keras-hub's BertBackbone:
+    # the config on which every peer computes the same function (the peers suite)
+    "bert-base-tanh": EncoderConfig(
+        d_model=768, n_heads=12, d_ff=3072, n_layers=6, **{**_BERT, "activation": "gelu_tanh"}
+    ),
     # BERT-large's shapes, all 24 layers
     "bert-large": EncoderConfig(d_model=1024, n_heads=16, d_ff=4096, n_layers=24, **_BERT),
 }
@@ -118,6 +123,7 @@ class Sweep:
     modes: tuple[str, ...]
     max_seq_len: int | None = None  # leave out longer sequences (on CPUs only)
     batches: tuple[int, ...] | None = None  # a batch sweep instead of the sequence sweep
+    frameworks: tuple[str, ...] | None = None  # only these of the run's frameworks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +154,8 @@ def batch_for(seq_len: int, *, tokens_per_batch: int, max_batch: int) -> int:
     return max(1, min(max_batch, tokens_per_batch // seq_len))
 
 
-_ALL_VARIANTS = VARIANTS
+# ours and native; the peers (another library's model) run in the peers suite
+_ALL_VARIANTS = tuple(v for v in VARIANTS if v not in PEER_VARIANTS)
 # The sequence-length sweep of the standard and full suites, and their batch rule.
 _SWEEP_SEQ_LENS = {
     "cpu": (128, 256, 512, 1024, 2048),
@@ -223,6 +230,50 @@ SUITES: dict[str, Suite] = {
         repeats=7,
         warmup=2,
         budget_s=10.0,
+    ),
+    "peers": Suite(
+        name="peers",
+        description=(
+            "BERT-base shapes (6 layers, tanh GELU), B=8 T=128 and B=2 T=512, compiled: ours "
+            "(fused) against transformers' BertModel (sdpa) in PyTorch and keras-hub's "
+            "BertBackbone on JAX, forward and AdamW train step; keras-hub on torch, forward; "
+            "eager forward of ours, hf and hf-eager in PyTorch at T=128; parity against ours "
+            "on every peer row"
+        ),
+        config="bert-base-tanh",
+        dtypes=("float32",),
+        sweeps=(
+            Sweep(phases=("forward",), variants=("ours-fused", "hf", "keras"), modes=("compiled",)),
+            Sweep(
+                phases=("train_step",),
+                variants=("ours-fused", "hf", "keras"),
+                modes=("compiled",),
+                frameworks=("jax",),
+            ),
+            # keras-hub's train step under torch.compile (B=8, T=128) had not finished after
+            # ten minutes on the 2-core CPU under load, so PyTorch's compiled train step is
+            # ours against transformers' only
+            Sweep(
+                phases=("train_step",),
+                variants=("ours-fused", "hf"),
+                modes=("compiled",),
+                frameworks=("torch",),
+            ),
+            Sweep(
+                phases=("forward",),
+                variants=("ours-fused", "hf", "hf-eager"),
+                modes=("eager",),
+                max_seq_len=128,
+                frameworks=("torch",),
+            ),
+        ),
+        seq_lens={"cpu": (128, 512), "accelerator": (128, 512)},
+        tokens_per_batch={"cpu": 1024, "accelerator": 8192},
+        max_batch={"cpu": 8, "accelerator": 32},
+        repeats=5,
+        warmup=1,
+        budget_s=10.0,
+        warm_compile=False,
     ),
     "mesh": Suite(
         name="mesh",
@@ -359,6 +410,10 @@ def expand(suite: Suite, sel: Selection) -> list[Case]:
                     for phase in sweep.phases:
                         for mode in sweep.modes:
                             for framework in sel.frameworks:
+                                if framework not in lookup_variant(variant).frameworks:
+                                    continue  # no such model (transformers' BERT on JAX)
+                                if sweep.frameworks and framework not in sweep.frameworks:
+                                    continue
                                 case = Case(
                                     framework, variant, mode, phase, sel.device, dtype, b, t
                                 )

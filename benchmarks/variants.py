@@ -1,8 +1,10 @@
 """The variants a row can time: one registry, read by the command line, the suites and both
 framework runners.
 
-A variant is an *implementation* of the encoder (ours, or a peer built from the framework's
-own modules) with, for ours, one attention backend of ``shared/backends.py``. Each runner
+A variant is an *implementation* of the encoder (ours, or a peer: the framework's own
+modules, ``transformers``' BERT, keras-hub's BERT) with, for ours, one attention backend of
+``shared/backends.py``. Every peer is built from the same format-v1 weights as ours
+(``benchmarks/peers/``), and its rows record how far its output is from ours. Each runner
 keeps one builder per implementation (``run_torch.BUILDERS``, ``run_jax.BUILDERS``): adding
 a peer is one :class:`Variant` here and one builder in each runner that supports it (a
 runner without a builder skips the rows, with the reason).
@@ -16,7 +18,15 @@ import dataclasses
 
 from shared.backends import BACKENDS
 
-__all__ = ["OURS_VARIANTS", "REGISTRY", "VARIANTS", "Variant", "variant"]
+__all__ = [
+    "OURS_VARIANTS",
+    "PARITY_REFERENCE",
+    "PEER_VARIANTS",
+    "REGISTRY",
+    "VARIANTS",
+    "Variant",
+    "variant",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +38,9 @@ class Variant:
     backend: str  # ours: an attention backend of shared/backends.py; a peer: its own name
     description: str
     shardable: bool = False  # the sharding plan of shared/parallel.py applies (ours only)
+    frameworks: tuple[str, ...] = ("torch", "jax")  # the runners that can build it
+    own_process: bool = False  # built in a child process per row (keras: KERAS_BACKEND)
+    package: str | None = None  # the module a peer needs (skipped, with a note, without it)
 
 
 _OURS = {
@@ -47,9 +60,37 @@ REGISTRY: dict[str, Variant] = {
         "native",
         "our embeddings + nn.TransformerEncoder, or + a stack of nnx.MultiHeadAttention",
     ),
+    "hf": Variant(
+        "hf",
+        "hf",
+        "sdpa",
+        'transformers\' BertModel, attn_implementation="sdpa" (PyTorch only)',
+        frameworks=("torch",),
+        package="transformers",
+    ),
+    "hf-eager": Variant(
+        "hf-eager",
+        "hf",
+        "eager",
+        'transformers\' BertModel, attn_implementation="eager": attention written out',
+        frameworks=("torch",),
+        package="transformers",
+    ),
+    "keras": Variant(
+        "keras",
+        "keras",
+        "keras",
+        "keras-hub's BertBackbone on Keras 3, its backend the row's framework (a child process)",
+        own_process=True,
+        package="keras_hub",
+    ),
 }
 VARIANTS: tuple[str, ...] = tuple(REGISTRY)
 OURS_VARIANTS: tuple[str, ...] = tuple(n for n, v in REGISTRY.items() if v.implementation == "ours")
+# built from another library (their rows' parity: max |peer - ours| in the same framework)
+PEER_VARIANTS: tuple[str, ...] = tuple(n for n, v in REGISTRY.items() if v.package is not None)
+# what a peer's parity is measured against: ours, the same framework, fused attention
+PARITY_REFERENCE = "ours-fused"
 
 
 def variant(name: str) -> Variant:

@@ -6,6 +6,7 @@ python3 -m benchmarks.versions
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import platform
 
 PACKAGES = (
@@ -21,12 +22,21 @@ PACKAGES = (
 )
 
 
+# read from the installed distribution, not imported: keras picks its backend on import
+DISTRIBUTIONS = {"keras": "keras", "keras_hub": "keras-hub"}
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             found[name] = getattr(importlib.import_module(name), "__version__", "unknown")
         except ImportError:
+            found[name] = "absent"
+    for name, dist in DISTRIBUTIONS.items():
+        try:
+            found[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             found[name] = "absent"
     return found
 

@@ -196,7 +196,15 @@ def test_help_answers_without_importing_torch_or_jax():
             ),
             "neither a preset",
         ),
-        (("--variants", "ours-math,hf"), "expected a comma-separated list of ours-math"),
+        (("--variants", "ours-math,tf"), "expected a comma-separated list of ours-math"),
+        (
+            ("--device", "cpu", "--variants", "ours-fused,keras"),
+            "--variants keras: keras-hub's BertBackbone needs positional='learned'",
+        ),
+        (
+            ("--device", "cpu", "--suite", "standard", "--variants", "keras"),
+            "needs activation='gelu_tanh', got activation='gelu'",
+        ),
         (("--mesh", "pipe=2"), "expected data=N,model=N,seq=N[,fsdp]"),
     ],
 )

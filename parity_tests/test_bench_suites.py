@@ -16,12 +16,15 @@ from shared.backends import BACKENDS
 
 def test_every_backend_is_a_variant_and_each_variant_names_its_implementation():
     assert variants.OURS_VARIANTS == tuple(f"ours-{b}" for b in BACKENDS)
-    assert set(variants.VARIANTS) == {*variants.OURS_VARIANTS, "native"}
+    assert variants.PEER_VARIANTS == ("hf", "hf-eager", "keras")
+    assert set(variants.VARIANTS) == {*variants.OURS_VARIANTS, "native", *variants.PEER_VARIANTS}
     assert suites.variant_parts("ours-flash") == ("ours", "flash")
     assert suites.variant_parts("native") == ("native", "native")
-    assert [v.shardable for v in variants.REGISTRY.values()] == [True] * len(BACKENDS) + [False]
-    with pytest.raises(ValueError, match="variant='hf' must be one of ours-math"):
-        variants.variant("hf")
+    assert suites.variant_parts("hf-eager") == ("hf", "eager")
+    shardable = [n for n, v in variants.REGISTRY.items() if v.shardable]
+    assert shardable == list(variants.OURS_VARIANTS)
+    with pytest.raises(ValueError, match="variant='tf' must be one of ours-math"):
+        variants.variant("tf")
 
 
 def _cpu_selection(**kw) -> Selection:
