@@ -37,6 +37,7 @@ from benchmarks.suites import (
     max_len_for,
 )
 from benchmarks.variants import REGISTRY, VARIANTS
+from shared.atomic import check_output_folder
 from shared.backends import REMATS
 from shared.flops import PHASES
 
@@ -284,10 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     suite = SUITES[args.suite]
     try:
+        check_output_folder(args.out)
         config_name, cfg = load_config(args.config or suite.config)
         selection = _selection(args, device=args.device, frameworks=args.frameworks)
         if args.device != "auto":
             _check(args, suite, cfg, selection)
+        elif args.batch is not None or not selection.meshes:
+            # the device is not known yet, but these checks do not depend on it
+            _check(args, suite, cfg, dataclasses.replace(selection, device="cpu"), tf32=False)
     except (UsageError, ValueError) as e:
         parser.error(str(e))
     cache_dir = Path(tempfile.mkdtemp(prefix="twin-encoder-bench-"))
@@ -312,9 +317,10 @@ def _selection(args, *, device: str, frameworks: tuple[str, ...]) -> Selection:
     )
 
 
-def _check(args, suite, cfg, selection: Selection) -> list[Case]:
-    """The cases of the run; ``UsageError`` for a combination that cannot run."""
-    if args.tf32 and selection.device != "gpu":
+def _check(args, suite, cfg, selection: Selection, *, tf32: bool = True) -> list[Case]:
+    """The cases of the run; ``UsageError`` for a combination that cannot run (``tf32``:
+    check ``--tf32`` against the device too)."""
+    if tf32 and args.tf32 and selection.device != "gpu":
         raise UsageError(f"--tf32 applies to GPUs only; this run is on {selection.device}")
     cases = expand(suite, selection)
     if args.mesh and not selection.meshes:

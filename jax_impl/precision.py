@@ -57,9 +57,19 @@ def check_dtype(dtype) -> None:
     float32 without a word (1e-7 from float64 where PyTorch gives 1e-16). ``None`` (the
     float32 default) and 32- and 16-bit dtypes pass.
     """
-    if dtype is None or jax.config.jax_enable_x64:
+    if dtype is None:
         return
-    dtype = jnp.dtype(dtype)
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(
+            f"dtype={dtype!r} must be a floating dtype, e.g. one of "
+            "['bfloat16', 'float16', 'float32', 'float64']"
+        ) from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype={dtype.name!r} must be a floating dtype")
+    if jax.config.jax_enable_x64:
+        return
     if dtype.itemsize == 8:
         raise ValueError(
             f"dtype {dtype.name} needs jax.config.update('jax_enable_x64', True) first "

@@ -206,6 +206,8 @@ def test_help_answers_without_importing_torch_or_jax():
             "needs activation='gelu_tanh', got activation='gelu'",
         ),
         (("--mesh", "pipe=2"), "expected data=N,model=N,seq=N[,fsdp]"),
+        (("--out", "README.md"), "cannot write folder README.md: it is a file"),
+        (("--mesh", "data=3", "--batch", "8"), "batch=8 is not divisible by the mesh's data=3"),
     ],
 )
 def test_a_bad_command_line_exits_2_with_one_line_before_importing_a_framework(args, message):

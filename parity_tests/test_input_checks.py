@@ -593,3 +593,25 @@ def test_saving_onto_a_directory_is_a_named_error_and_leaves_nothing(fw, tmp_pat
     ):
         impl.save(model, target)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "keep.txt"]
+
+
+@pytest.mark.parametrize("name", ["float32", "bfloat16"])
+def test_both_frameworks_take_dtype_names_and_hold_the_same_weights(name):
+    """``dtype="bfloat16"`` (a name) builds the same model in both frameworks: the parameters
+    are in that dtype, and the exported weights are the same bfloat16 values."""
+    weights = random_weights(SMALL)
+    tm = torch_impl.from_weights(weights, SMALL, dtype=name)
+    jm = jax_impl.from_weights(weights, SMALL, dtype=name)
+    assert str(tm.embeddings.token.weight.dtype) == f"torch.{name}"
+    assert str(jm.embeddings.token.embedding.dtype) == name
+    exported_t, exported_j = torch_impl.export_weights(tm), jax_impl.export_weights(jm)
+    for key in weights:
+        np.testing.assert_array_equal(exported_t[key], exported_j[key])
+
+
+@pytest.mark.parametrize("bad", ["nope", "int32"])
+@pytest.mark.parametrize("fw", ["torch", "jax"])
+def test_a_dtype_that_is_not_a_float_name_is_a_named_error(fw, bad):
+    impl = torch_impl if fw == "torch" else jax_impl
+    with pytest.raises(ValueError, match=re.escape(f"dtype={bad!r} must be a floating")):
+        impl.from_weights(random_weights(SMALL), SMALL, dtype=bad)

@@ -26,6 +26,7 @@ from torch import nn
 from shared.backends import BACKENDS, backend_info
 from shared.inputs import check_key_padding_mask, check_mask_shape
 from torch_impl.flash import check_window, flash_attention, hide_masked_keys
+from torch_impl.precision import as_dtype
 
 __all__ = [
     "ATTENTION",
@@ -239,6 +240,7 @@ class MultiHeadAttention(nn.Module):
         rope_interleaved: bool = False,
     ) -> None:
         super().__init__()
+        dtype = as_dtype(dtype)
         check_heads(d_model, n_heads, n_kv_heads, head_dim)
         backend_info(backend)  # ValueError naming the known backends
         self.n_heads = n_heads

@@ -23,6 +23,7 @@ from shared.config import EncoderConfig
 from shared.inputs import Spec, check_inputs, check_pixels
 from shared.positional import check_position_ids, rope_inverse_frequencies, sinusoidal
 from torch_impl.attention import MultiHeadAttention, RMSNorm, dtype_kind, linear
+from torch_impl.precision import as_dtype
 
 __all__ = [
     "Embeddings",
@@ -450,6 +451,7 @@ class TransformerEncoder(nn.Module):
         remat: str = "none",
     ) -> None:
         super().__init__()
+        dtype = as_dtype(dtype)  # a name, as jax_impl takes it, or a torch.dtype
         self.config = cfg
         embeddings = PatchEmbeddings if cfg.image_size else TokenEmbeddings
         self.embeddings = embeddings(cfg, dtype=dtype)

@@ -16,9 +16,32 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["MODES", "matmul_precision", "set_matmul_precision", "settings"]
+__all__ = ["MODES", "as_dtype", "matmul_precision", "set_matmul_precision", "settings"]
 
 MODES = ("float32", "tf32", "default")
+
+# dtype names a constructor takes as strings, as jax_impl takes them
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``dtype`` as a ``torch.dtype``: a name (``"float32"``, ``"float64"``, ``"bfloat16"``,
+    ``"float16"``, as ``jax_impl`` takes them) or a floating ``torch.dtype``; None stays None
+    (the default, float32). ValueError naming the choices otherwise."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ValueError(
+        f"dtype={dtype!r} must be a floating torch.dtype or one of {sorted(_DTYPE_NAMES)}"
+    )
 
 
 def settings() -> dict[str, object]:
