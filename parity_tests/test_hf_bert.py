@@ -367,11 +367,11 @@ def test_folder_with_only_pytorch_model_bin_is_refused_without_unpickling(tmp_pa
     [
         ({"model_type": "gpt2"}, "model_type is 'gpt2'; only 'bert'"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type is 'relative_key'"),
-        ({"hidden_act": "silu"}, "hidden_act is 'silu'; supported"),
+        ({"hidden_act": "quick_gelu"}, "hidden_act is 'quick_gelu'; supported"),
         ({"is_decoder": True}, "decoder"),
         ({"hidden_size": 9}, "d_model=9 is not divisible by n_heads=2"),
     ],
-    ids=["model_type_gpt2", "relative_positions", "activation_silu", "decoder", "bad_heads"],
+    ids=["model_type_gpt2", "relative_positions", "activation_quick_gelu", "decoder", "bad_heads"],
 )
 def test_config_json_that_is_not_our_bert_is_refused_saying_why(tmp_path, change, message):
     folder = make_folder(tmp_path, TINY | change, fake_bert_tensors(TINY))
