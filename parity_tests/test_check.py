@@ -88,6 +88,25 @@ def test_families_with_a_final_norm_or_images_pass_against_transformers(name, tm
     report = check.check(_folder(name, tmp_path / name), batch=2, seq_len=8)
     assert [c.expected for c in report.comparisons] == ["torch", "transformers", "transformers"]
     assert report.within_tolerance, report.format()
+    if name == "vit":  # the images set T: the 8 asked is not what ran, and the report says so
+        assert report.input_shape == (2, 3, 12, 12)
+        assert (
+            report.notes
+            and "(C, H, W) = (3, 12, 12) in patches of 4 is 10 tokens" in (report.notes[0])
+        )
+    else:
+        assert report.notes == ()
+
+
+def test_a_seq_len_beyond_the_position_table_runs_shorter_and_says_so(bert):
+    """BERT's learned table has 16 rows here: asking for 40 tokens runs 16, never silently."""
+    report = check.check(bert, batch=2, seq_len=40, with_transformers=False)
+    assert report.input_shape == (2, 16)
+    assert report.notes == (
+        "ran at T=16, not the 40 asked: the learned position table has room for 16 positions",
+    )
+    assert "note: ran at T=16, not the 40 asked" in report.format()
+    assert report.to_dict()["notes"] == list(report.notes)
 
 
 def _perturbed(weights: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:

@@ -127,6 +127,7 @@ class Report:
     input_shape: tuple[int, ...]
     real_tokens: int
     comparisons: list[Comparison]
+    notes: tuple[str, ...] = ()  # what ran differently from what was asked, and why
 
     @property
     def within_tolerance(self) -> bool:
@@ -140,6 +141,7 @@ class Report:
             "device": self.device,
             "inputs": {"shape": list(self.input_shape), "real_tokens": self.real_tokens},
             "comparisons": [c.to_dict() for c in self.comparisons],
+            "notes": list(self.notes),
             "within_tolerance": self.within_tolerance,
         }
 
@@ -151,6 +153,7 @@ class Report:
             f"{cfg.n_heads} heads; inputs {self.input_shape}, {self.real_tokens} real tokens; "
             f"device {self.device}"
         ]
+        lines += [f"note: {note}" for note in self.notes]
         for c in self.comparisons:
             tol = c.tolerance
             lines += ["", f"{c.title} (atol {tol.atol:g}, rtol {tol.rtol:g})"]
@@ -436,6 +439,17 @@ def check(
     the CPU for a TPU). Raises ``ValueError`` for a file or folder that cannot be read."""
     weights, cfg, kind = load_model(path)
     inputs, mask = make_inputs(cfg, batch, seq_len, pad=pad, seed=seed)
+    notes = []
+    if not cfg.image_size and inputs.shape[1] < seq_len:
+        notes.append(
+            f"ran at T={inputs.shape[1]}, not the {seq_len} asked: the learned position "
+            f"table has room for {inputs.shape[1]} positions"
+        )
+    if cfg.image_size:
+        notes.append(
+            f"the sequence length is set by the images, not by the {seq_len} asked: "
+            f"(C, H, W) = {inputs.shape[1:]} in patches of {cfg.patch_size} is {cfg.max_len} tokens"
+        )
     torch_device = device if device != "tpu" else "cpu"
     comparisons, ours = [], {}
 
@@ -482,6 +496,7 @@ def check(
         input_shape=tuple(inputs.shape),
         real_tokens=int(mask.sum()),
         comparisons=comparisons,
+        notes=tuple(notes),
     )
 
 
