@@ -26,10 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Tests run in TEST_WORKERS processes (pytest-xdist); each loads torch and JAX, about 2 GiB.
+# The 20 slowest are listed at the end, to keep the suite fast as it grows.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --durations=20
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
