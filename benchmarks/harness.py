@@ -130,16 +130,20 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[
     """Each call once untimed (it compiles), then ``repeats`` rounds of every call in turn.
 
     For comparing candidates on a shared machine: a disturbance hits every candidate of a
-    round alike instead of one candidate's whole series. Each call must wait for its result.
+    round alike instead of one candidate's whole series. Round r starts at candidate
+    r mod n, so that no candidate always runs first (after the others' memory traffic) or
+    last. Each call must wait for its result.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for call in calls.values():
         call()
-    timings = {name: Timings() for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            timings[name].add(call)
+    names = list(calls)
+    timings = {name: Timings() for name in names}
+    for r in range(repeats):
+        start = r % len(names)
+        for name in names[start:] + names[:start]:
+            timings[name].add(calls[name])
     return timings
 
 

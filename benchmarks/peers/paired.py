@@ -9,6 +9,10 @@ Both are built from the same weights and compiled as the suite's rows are
 each in turn, so that a disturbance from other processes hits both alike. Prints wall and
 CPU-time medians and the ratio peer / ours. JAX with keras-hub sets ``KERAS_BACKEND=jax``
 before anything imports Keras.
+
+``--profile`` (PyTorch only) then runs one more call of each under ``torch.profiler`` and
+prints how many ATen operator calls each made and where its CPU time went, by operator: the
+way to tell a different computation from a different wait on a shared machine.
 """
 
 from __future__ import annotations
@@ -27,9 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile one call of each (PyTorch only)"
+    )
     args = parser.parse_args(argv)
     if args.peer == "keras" and args.framework == "torch":
         parser.error("keras-hub on torch: run its rows through python -m benchmarks")
+    if args.profile and args.framework != "torch":
+        parser.error("--profile reads torch.profiler: it needs --framework torch")
     os.environ.setdefault("KERAS_BACKEND", args.framework)
 
     import numpy as np
@@ -85,6 +94,22 @@ def main(argv: list[str] | None = None) -> None:
         f"  {args.peer} / ours-fused: wall {np.median(peer.wall) / np.median(ours.wall):.3f}, "
         f"cpu {np.median(peer.cpu) / np.median(ours.cpu):.3f}"
     )
+    if args.profile:
+        for variant, call in calls.items():
+            print(profile_torch(variant, call))
+
+
+def profile_torch(variant: str, call, rows: int = 12) -> str:
+    """One call of ``call`` under ``torch.profiler``: operator calls and CPU time by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = prof.key_averages()
+    calls = sum(e.count for e in events)
+    self_ms = sum(e.self_cpu_time_total for e in events) / 1e3
+    table = events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50)
+    return f"\n{variant}: {calls} operator calls, {self_ms:.1f} ms self CPU time\n{table}"
 
 
 if __name__ == "__main__":
