@@ -345,3 +345,16 @@ def test_paired_timing_of_ours_and_keras_on_jax(tmp_path):
     assert lines[0].startswith("jax forward tiny-bert B=2 T=16, compiled, 2 interleaved rounds")
     assert [line.split()[0] for line in lines[1:3]] == ["ours-fused", "keras"]
     assert lines[3].strip().startswith("keras / ours-fused: wall ")
+
+
+def test_paired_profile_counts_operator_calls_and_is_torch_only(capsys):
+    """``--profile``: operator calls and CPU time by operator, from torch.profiler."""
+    from benchmarks.peers import paired
+
+    a, b = torch.ones(4, 4), torch.ones(4, 4)
+    counts, text = paired.profile_torch(lambda: (a @ b) @ b)
+    assert counts["aten::mm"] == 2 and counts["aten::matmul"] == 2
+    assert text.startswith(f"{sum(counts.values())} operator calls, ") and "aten::mm" in text
+    with pytest.raises(SystemExit):
+        paired.main(["--framework", "jax", "--peer", "keras", "--profile"])
+    assert "--profile reads torch.profiler: it needs --framework torch" in capsys.readouterr().err
