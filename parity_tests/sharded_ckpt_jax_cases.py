@@ -66,9 +66,18 @@ def test_save_stores_each_slice_once_in_its_own_entry(saved):
 @pytest.mark.parametrize(
     "mesh_shape", [{"model": 4}, {"seq": 2}, {"data": 2, "model": 2}, None], ids=str
 )
-def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape):
+def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape, monkeypatch):
     mesh = None if mesh_shape is None else parallel.make_mesh(**mesh_shape)
+    reads = []
+    read_slice = sharded.read_slice
+
+    def record(index, tensor, slices, files=None):
+        reads.append((tensor, slices))
+        return read_slice(index, tensor, slices, files)
+
+    monkeypatch.setattr(sharded, "read_slice", record)
     loaded = checkpoint.load_sharded(saved, mesh)
+    q_reads = sorted(s for t, s in reads if t == "layers.0.attention.q.weight")
     got = jax_impl.export_weights(loaded)
     want = _want()
     assert got.keys() == want.keys()
@@ -83,10 +92,12 @@ def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape)
         value = param.get_value()
         assert ours[name].sharding.is_equivalent_to(value.sharding, value.ndim), name
     q = ours["layers.0.attention.q.weight"]
-    if mesh_shape == {"model": 4}:
-        assert q.sharding.spec == PartitionSpec(None, "model") and q.addressable_shards[
-            0
-        ].data.shape == (16, 4)
-    if mesh_shape == {"seq": 2}:  # parameters whole along "seq": every device holds all
+    if mesh_shape == {"model": 4}:  # each device read its own four columns of q, once
+        assert q.sharding.spec == PartitionSpec(None, "model")
+        assert q_reads == [((0, 16), (c, c + 4)) for c in (0, 4, 8, 12)]
+    if mesh_shape == {"seq": 2}:  # parameters whole along "seq": replicas read once
         assert len(q.sharding.device_set) == 2
         assert all(s.data.shape == (16, 16) for s in q.addressable_shards)
+        assert q_reads == [((0, 16), (0, 16))]
+    if mesh_shape == {"data": 2, "model": 2}:  # no fsdp: the two column halves
+        assert q_reads == [((0, 16), (0, 8)), ((0, 16), (8, 16))]
