@@ -43,15 +43,30 @@ def run_ranks(rank: int, folder: str, jax_folder: str) -> None:
     torch_impl.precision.set_matmul_precision("float32")
     folder = Path(folder)
     mesh = parallel.make_mesh(data=2, model=2)
-    # the JAX save (data=2 x model=2, fsdp) loaded onto this mesh with FSDP and TP
+    # the JAX save (data=2 x model=2, fsdp) loaded onto this mesh with FSDP and TP, the
+    # slices this rank reads of q recorded
+    reads, read_slice = [], sharded.read_slice
+
+    def record(index, tensor, slices, files=None):
+        if tensor == "layers.0.attention.q.weight":
+            reads.append(slices)
+        return read_slice(index, tensor, slices, files)
+
+    sharded.read_slice = record
     on_mesh = checkpoint.load_sharded(jax_folder, mesh, fsdp=True)
+    sharded.read_slice = read_slice
     q = dict(on_mesh.named_parameters())["encoder.layers.0.attention.q.weight"]
     ids, mask = (parallel.slice_batch(a, mesh) for a in inputs())
     with torch.no_grad():
         h = torch_impl.to_numpy(on_mesh(ids, mask))
     back = torch_impl.export_weights(on_mesh)  # a collective: every rank
     local = q.to_local().shape
-    np.savez(folder / f"from-jax-{rank}.npz", h=h, data_rank=mesh["data"].get_local_rank())
+    np.savez(
+        folder / f"from-jax-{rank}.npz",
+        h=h,
+        data_rank=mesh["data"].get_local_rank(),
+        q_reads=np.array(reads),  # (reads, axes, 2): [start, stop) per axis
+    )
     if rank == 0:
         np.savez(folder / "from-jax-weights.npz", q_local=np.array(local), **back)
     # a sharded save of this mesh (replicas along "data" written once)

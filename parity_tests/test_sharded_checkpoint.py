@@ -103,6 +103,10 @@ def test_jax_sharded_save_loads_onto_a_torch_mesh_with_fsdp_bit_exactly(ranks):
     with torch.no_grad():
         want = single(*W.inputs()).numpy()
     parts = [np.load(ranks / f"from-jax-{r}.npz") for r in range(4)]
+    # each rank read one (8, 8) block of q, the four blocks distinct: only its own slice
+    blocks = [tuple(map(tuple, p["q_reads"][0].tolist())) for p in parts]
+    assert all(len(p["q_reads"]) == 1 for p in parts)
+    assert sorted(blocks) == [((a, a + 8), (b, b + 8)) for a in (0, 8) for b in (0, 8)]
     rows = {int(p["data_rank"]): p["h"] for p in parts}
     assert_close(np.concatenate([rows[0], rows[1]]), want, F32, "forward on the loaded mesh")
 
