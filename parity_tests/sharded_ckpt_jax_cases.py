@@ -64,9 +64,17 @@ def test_save_stores_each_slice_once_in_its_own_entry(saved):
 
 
 @pytest.mark.parametrize(
-    "mesh_shape", [{"model": 4}, {"seq": 2}, {"data": 2, "model": 2}, None], ids=str
+    ("mesh_shape", "fsdp"),
+    [
+        ({"model": 4}, False),
+        ({"seq": 2}, False),
+        ({"data": 2, "model": 2}, False),
+        ({"data": 4}, True),
+        (None, False),
+    ],
+    ids=str,
 )
-def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape, monkeypatch):
+def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape, fsdp, monkeypatch):
     mesh = None if mesh_shape is None else parallel.make_mesh(**mesh_shape)
     reads = []
     read_slice = sharded.read_slice
@@ -76,7 +84,7 @@ def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape,
         return read_slice(index, tensor, slices, files)
 
     monkeypatch.setattr(sharded, "read_slice", record)
-    loaded = checkpoint.load_sharded(saved, mesh)
+    loaded = checkpoint.load_sharded(saved, mesh, fsdp=fsdp)
     q_reads = sorted(s for t, s in reads if t == "layers.0.attention.q.weight")
     got = jax_impl.export_weights(loaded)
     want = _want()
@@ -86,7 +94,8 @@ def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape,
     if mesh is None:
         return
     # the same placement as parallelize gives the same weights on that mesh
-    reference = parallel.parallelize(jax_impl.from_weights(random_weights(CFG), CFG), mesh)
+    reference = jax_impl.from_weights(random_weights(CFG), CFG)
+    parallel.parallelize(reference, mesh, fsdp=fsdp)
     ours = {n: p.get_value() for n, p, _ in jax_impl.parameter_table(loaded)}
     for name, param, _ in jax_impl.parameter_table(reference):
         value = param.get_value()
@@ -101,3 +110,6 @@ def test_load_on_any_mesh_is_bit_exact_and_placed_by_the_plan(saved, mesh_shape,
         assert q_reads == [((0, 16), (0, 16))]
     if mesh_shape == {"data": 2, "model": 2}:  # no fsdp: the two column halves
         assert q_reads == [((0, 16), (0, 8)), ((0, 16), (8, 16))]
+    if mesh_shape == {"data": 4}:  # fsdp on 4: row quarters, across the saved 8-row blocks
+        assert q.sharding.spec == PartitionSpec("data", "model")  # "model" of size 1
+        assert q_reads == [((r, r + 4), (0, 16)) for r in (0, 4, 8, 12)]

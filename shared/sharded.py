@@ -75,7 +75,11 @@ __all__ = [
 
 INDEX = "model.safetensors.index.json"
 _FILE = re.compile(r"model-g(\d{5,})-(\d{5,})-of-(\d{5,})\.safetensors")
-_LEFTOVER = re.compile(r"\.model-g\d{5,}-\d{5,}-of-\d{5,}\.safetensors\.[0-9a-f]+\.tmp")
+# temporary files of shared.atomic left by a process killed while writing
+_LEFTOVER = re.compile(
+    r"\.(model-g\d{5,}-\d{5,}-of-\d{5,}\.safetensors|model\.safetensors\.index\.json)"
+    r"\.[0-9a-f]+\.tmp"
+)
 
 Slices = tuple[tuple[int, int], ...]  # (start, stop) per axis
 _ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors' dtype names, bytes
