@@ -262,6 +262,17 @@ def test_hf_sharded_folder_loads_in_automodel_and_reads_back_bit_for_bit(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_a_sharded_checkpoint_converts_to_a_sharded_hf_folder_bit_for_bit(tmp_path):
+    weights = _cast(random_weights(BERT, seed=8))
+    model = torch_impl.from_weights(weights, BERT)
+    torch_impl.checkpoint.save_sharded(model, tmp_path / "ckpt")
+    sharded.to_hf(tmp_path / "ckpt", tmp_path / "hf", max_shard_size="3KB")
+    assert len(list((tmp_path / "hf").glob("model-*-of-*.safetensors"))) >= 3
+    back, cfg = hf.load(tmp_path / "hf")
+    assert cfg == BERT
+    _assert_equal(back, weights)
+
+
 def test_hf_index_naming_a_missing_file_or_tensor_is_a_named_error(tmp_path):
     weights = _cast(random_weights(BERT, seed=7))
     hf.save(weights, BERT, tmp_path, max_shard_size=3000)

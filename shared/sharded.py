@@ -70,6 +70,7 @@ __all__ = [
     "next_generation",
     "read_index",
     "read_slice",
+    "to_hf",
     "write_file",
 ]
 
@@ -371,3 +372,23 @@ def load_weights(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], Enco
     weights = {t: read_slice(index, t, full(shape), files) for t, shape in shapes.items()}
     v1.validate(weights, index.config)
     return weights, index.config
+
+
+def to_hf(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    max_shard_size: int | str = "5GB",
+    model_type: str | None = None,
+) -> Path:
+    """Convert a sharded checkpoint to a Hugging Face folder that ``transformers.AutoModel``
+    loads, in Hugging Face's own sharded layout (whole tensors, at most ``max_shard_size``
+    per file): ``shared.hf.save`` of the whole weights. Reads every tensor on this host.
+
+    Raises what :func:`load_weights` and ``shared.hf.save`` raise (a family that cannot
+    express the config is a ValueError naming the field).
+    """
+    from shared import hf
+
+    weights, cfg = load_weights(folder)
+    return hf.save(weights, cfg, out, model_type=model_type, max_shard_size=max_shard_size)
