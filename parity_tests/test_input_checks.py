@@ -27,11 +27,13 @@ from flax import nnx
 
 import jax_impl
 import jax_impl.attention
+import jax_impl.checkpoint
 import jax_impl.encoder
 import jax_impl.native
 import jax_impl.precision
 import jax_impl.weights
 import torch_impl
+import torch_impl.checkpoint
 from parity_tests.helpers import build_pair, random_weights, to_numpy
 from shared import EncoderConfig, reference
 from shared.atomic import OutputPathError
@@ -484,6 +486,7 @@ DTYPE_TAKERS = {
         random_weights(SMALL), SMALL, dtype=d
     ),
     "jax_impl.weights.load": None,  # needs a file: the test writes one
+    "jax_impl.checkpoint.load_sharded": None,  # needs a folder: the test writes one
     "jax_impl.precision.check_dtype": jax_impl.precision.check_dtype,
 }
 
@@ -519,7 +522,13 @@ X64_MESSAGE = "dtype float64 needs jax.config.update('jax_enable_x64', True) fir
 @pytest.mark.parametrize("name", sorted(DTYPE_TAKERS))
 def test_float64_without_x64_is_refused_with_one_message(name, tmp_path):
     build = DTYPE_TAKERS[name]
-    if build is None:  # load: from a checkpoint file
+    if build is None and name.endswith("load_sharded"):  # from a sharded checkpoint folder
+        torch_impl.checkpoint.save_sharded(torch_impl.TransformerEncoder(SMALL), tmp_path)
+
+        def build(d):
+            return jax_impl.checkpoint.load_sharded(tmp_path, dtype=d)
+
+    elif build is None:  # load: from a checkpoint file
         path = tmp_path / "m.safetensors"
         torch_impl.save(torch_impl.TransformerEncoder(SMALL), path)
 

@@ -1,6 +1,7 @@
 """Hugging Face checkpoint folders <-> checkpoint format (weights + ``EncoderConfig``).
 
-``load(folder)`` reads ``config.json`` + ``model.safetensors`` of BERT, RoBERTa, XLM-RoBERTa,
+``load(folder)`` reads ``config.json`` + ``model.safetensors`` (or a sharded
+``model.safetensors.index.json`` and the files it names) of BERT, RoBERTa, XLM-RoBERTa,
 DistilBERT, ELECTRA (the discriminator body), GPT-2, ViT, ModernBERT (and mmBERT), NomicBERT,
 EuroBERT, GTE, Llama and Qwen3; ``save(weights, cfg, folder)`` writes
 a folder that ``transformers.AutoModel.from_pretrained`` loads. One module per family
@@ -104,7 +105,8 @@ def family_of(model_type: object) -> Family:
 
 
 def load(folder: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
-    """Read a Hugging Face folder (``config.json`` + ``model.safetensors``) of any family.
+    """Read a Hugging Face folder (``config.json`` + ``model.safetensors``, or the sharded
+    ``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors``) of any family.
 
     Returns:
         ``(weights, config)``: format arrays (float32, or float64 if stored so) and the
@@ -113,9 +115,10 @@ def load(folder: str | os.PathLike) -> tuple[Weights, EncoderConfig]:
 
     Raises:
         FileNotFoundError: ``folder`` is not a directory.
-        ValueError: with the reason: no ``config.json``; no ``model.safetensors`` (only
-            pickle-based weights, or a sharded checkpoint); a ``model_type`` or a feature
-            this encoder lacks; a missing, unexpected, mis-shaped or non-float tensor.
+        ValueError: with the reason: no ``config.json``; no ``model.safetensors`` nor
+            index (only pickle-based weights); an index naming a file that is not there,
+            or a tensor its file lacks; a ``model_type`` or a feature this encoder lacks;
+            a missing, unexpected, mis-shaped or non-float tensor.
     """
     weights, cfg, _, _ = read(folder)
     return weights, cfg
@@ -197,8 +200,14 @@ def save(
     folder: str | os.PathLike,
     *,
     model_type: str | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``transformers.AutoModel`` loads.
+
+    ``max_shard_size`` (bytes, or a string such as ``"5GB"``) writes the sharded layout
+    instead, as ``save_pretrained`` does: files ``model-0000k-of-0000n.safetensors`` of
+    whole tensors, at most that size each, and ``model.safetensors.index.json``, written
+    last (``shared.hf.files.write_folder``).
 
     ``model_type`` picks the family; by default it follows from the config (``image_size``:
     ViT; RoPE: Qwen3 with ``qk_norm``, ModernBERT without ``first_attn_norm``, Llama or
@@ -217,7 +226,7 @@ def save(
     }
     tensors = layouts.to_outside(family.table(cfg), weights)
     folder = Path(folder)
-    write_folder(folder, config, tensors)
+    write_folder(folder, config, tensors, max_shard_size=max_shard_size)
     return folder
 
 
