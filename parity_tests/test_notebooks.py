@@ -91,7 +91,8 @@ def test_notebook_02_evaluates_the_trained_model_in_both_frameworks():
     assert abs(torch_acc - jax_acc) <= 0.01
     assert min(torch_acc, jax_acc) > majority + 0.1  # both learnt something
     losses = re.findall(r"final loss ([\d.]+)", printed)
-    assert len(losses) == 2 and losses[0] == losses[1]
+    # printed to 4 decimals; the two runs' losses stay within 1e-5 of each other at every step
+    assert len(losses) == 2 and abs(float(losses[0]) - float(losses[1])) <= 1e-4
 
 
 def test_notebook_03_shows_every_part_in_both_frameworks_within_float32_rounding():
