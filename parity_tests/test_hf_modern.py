@@ -275,6 +275,12 @@ LLAMA = {
             LLAMA | {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
             r"rope_type 'yarn'; only 'default'",
         ),
+        (  # transformers 5 reads rope_scaling into rope_parameters even beside them
+            LLAMA
+            | {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}
+            | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            r"rope_scaling has rope_type 'llama3'",
+        ),
         (LLAMA | {"num_key_value_heads": 3}, r"n_kv_heads=3 must divide n_heads=4"),
         (LLAMA | {"hidden_act": "gelu"}, r"hidden_act is 'gelu'; expected 'silu'"),
         (LLAMA | {"pretraining_tp": 2}, r"pretraining_tp is 2; only 1"),
@@ -290,7 +296,18 @@ LLAMA = {
         ({"model_type": "mistral"}, r"'mistral'.*causal sliding window"),
         ({"model_type": "gemma"}, r"'gemma'.*\(1 \+ weight\)"),
     ],
-    ids=["llama3", "yarn", "kv_heads", "act", "tp", "qwen3_window", "window0", "mistral", "gemma"],
+    ids=[
+        "llama3",
+        "yarn",
+        "scaling_beside_parameters",
+        "kv_heads",
+        "act",
+        "tp",
+        "qwen3_window",
+        "window0",
+        "mistral",
+        "gemma",
+    ],
 )
 def test_configs_this_encoder_cannot_compute_are_refused_saying_why(tmp_path, config, message):
     with pytest.raises(ValueError, match=message):

@@ -20,6 +20,7 @@ __all__ = [
     "EXPORTED_ACTIVATIONS",
     "Family",
     "activation",
+    "check_rope_scaling",
     "linear",
     "refuse",
     "require",
@@ -120,11 +121,23 @@ def rope_theta(params: Any, what: str = "rope_parameters") -> float:
     return float(params["rope_theta"])
 
 
+def check_rope_scaling(data: dict[str, Any]) -> None:
+    """Refuse a config.json whose older ``rope_scaling`` key names a scaled RoPE.
+
+    transformers 5 reads ``rope_scaling`` into ``rope_parameters`` even when the file has
+    both, so a scaling there changes the math whatever ``rope_parameters`` says.
+    """
+    scaling = data.get("rope_scaling")
+    if scaling is not None:
+        rope_theta(
+            scaling | {"rope_theta": 0.0} if isinstance(scaling, dict) else scaling, "rope_scaling"
+        )
+
+
 def rope_block(data: dict[str, Any], default_theta: float) -> dict[str, Any]:
     """config.json's rope block: ``rope_parameters`` (transformers 5), else the older
-    top-level ``rope_theta`` with ``rope_scaling`` (refused unless null)."""
+    top-level ``rope_theta``; a scaled ``rope_scaling`` is refused in either case."""
+    check_rope_scaling(data)
     if data.get("rope_parameters") is not None:
         return data["rope_parameters"]
-    scaling = data.get("rope_scaling")
-    block = {"rope_type": "default", "rope_theta": data.get("rope_theta", default_theta)}
-    return block if scaling is None else {**block, **scaling}
+    return {"rope_type": "default", "rope_theta": data.get("rope_theta", default_theta)}

@@ -30,6 +30,7 @@ from shared.hf.family import (
     EXPORTED_ACTIVATIONS,
     Family,
     activation,
+    check_rope_scaling,
     linear,
     refuse,
     rope_theta,
@@ -89,10 +90,9 @@ def _table(cfg: EncoderConfig) -> list[layouts.Row]:
 
 
 def _rope_thetas(data: dict[str, Any]) -> tuple[float, float]:
+    check_rope_scaling(data)
     params = data.get("rope_parameters")
     if params is None:
-        if data.get("rope_scaling") is not None:
-            rope_theta(data["rope_scaling"] | {"rope_theta": 0.0}, "rope_scaling")
         return float(data["global_rope_theta"]), float(data["local_rope_theta"])
     return (
         rope_theta(params.get("full_attention"), "rope_parameters['full_attention']"),
