@@ -338,6 +338,19 @@ def test_export_refuses_a_config_the_family_cannot_express(tmp_path, model_type,
     assert not (tmp_path / "model.safetensors").exists()
 
 
+def test_export_of_a_config_no_family_takes_names_the_pick_and_the_way_out(tmp_path):
+    """The project's default sinusoidal encoder has no Hugging Face family: the error says
+    which family was nearest, why it was picked, and what it refused."""
+    cfg = EncoderConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=24, n_layers=1)
+    message = (
+        r"no Hugging Face family takes this config as it is: the nearest, DistilBERT \(picked "
+        r"by type_vocab_size=0\), says: DistilBERT cannot express positional='sinusoidal'.*pass model_type="
+    )
+    with pytest.raises(ValueError, match=message):
+        hf.save(_weights(cfg), cfg, tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
 def test_load_bert_refuses_other_families(tmp_path):
     with pytest.raises(ValueError, match=r"model_type is 'gpt2'; only 'bert' is read here"):
         hf.load_bert(_config_only(tmp_path, GPT2))

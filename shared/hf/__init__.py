@@ -216,40 +216,56 @@ def save(
     types: DistilBERT, else BERT). Raises ValueError naming the field when the family cannot
     express ``cfg``.
     """
-    model_type = model_type or _model_type_for(cfg)
+    picked = None
+    if model_type is None:
+        model_type, picked = _model_type_for(cfg)
     family = family_of(model_type)
     v1.validate(weights, cfg)
-    config = {
-        "model_type": model_type,
-        "architectures": [family.architecture],
-        **family.export_config(cfg),
-    }
+    try:
+        exported = family.export_config(cfg)
+    except ValueError as error:
+        if picked is None:
+            raise
+        raise ValueError(
+            f"no Hugging Face family takes this config as it is: the nearest, {family.name} "
+            f"(picked by {picked}), says: {error}; change that field, or pass model_type="
+        ) from None
+    config = {"model_type": model_type, "architectures": [family.architecture], **exported}
     tensors = layouts.to_outside(family.table(cfg), weights)
     folder = Path(folder)
     write_folder(folder, config, tensors, max_shard_size=max_shard_size)
     return folder
 
 
-def _model_type_for(cfg: EncoderConfig) -> str:
+def _model_type_for(cfg: EncoderConfig) -> tuple[str, str]:
+    """The family a config most resembles, and the fields that picked it."""
     if cfg.image_size:
-        return "vit"
+        return "vit", "image_size > 0"
     if cfg.positional == "rope":
         if cfg.qk_norm:
-            return "qwen3"
+            return "qwen3", "RoPE with qk_norm"
         if not cfg.first_attn_norm:
-            return "modernbert"
+            return "modernbert", "RoPE without first_attn_norm"
         if cfg.norm == "rms_norm":
-            return "llama" if cfg.causal else "eurobert"
-        return "gte" if cfg.attention_bias else "nomic_bert"
+            return (
+                ("llama", "RoPE, RMSNorm, causal")
+                if cfg.causal
+                else ("eurobert", "RoPE, RMSNorm, not causal")
+            )
+        return (
+            ("gte", "RoPE, attention biases")
+            if cfg.attention_bias
+            else ("nomic_bert", "RoPE, no attention biases")
+        )
     if cfg.causal:
-        return "gpt2"
+        return "gpt2", "causal"
     if cfg.position_pad_id is not None:
-        return "roberta"
+        return "roberta", "position_pad_id set"
     if cfg.embed_dim:
-        return "electra"
+        return "electra", "embed_dim set"
     if cfg.type_vocab_size == 0:
-        return "distilbert"
-    return "bert"
+        return "distilbert", "type_vocab_size=0"
+    return "bert", "the default"
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m shared.hf") -> int:
