@@ -296,3 +296,34 @@ def test_hf_index_naming_a_missing_file_or_tensor_is_a_named_error(tmp_path):
         hf.load(tmp_path)
     with pytest.raises(ValueError, match=r"max_shard_size must be .* got '3 parsecs'"):
         hf.save(weights, BERT, tmp_path, max_shard_size="3 parsecs")
+
+
+def test_one_format_never_writes_over_the_other_and_a_truncated_shard_names_its_file(tmp_path):
+    """The two layouts share the index's file name: a save into a folder holding the other
+    refuses (the model there would lose its index); a truncated shard is named."""
+    weights = _cast(random_weights(BERT, seed=9))
+    model = torch_impl.from_weights(weights, BERT)
+    hf.save(weights, BERT, tmp_path / "hf", max_shard_size="3KB")
+    before = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    with pytest.raises(CheckpointError, match=r"holds a Hugging Face model folder .* another"):
+        torch_impl.checkpoint.save_sharded(model, tmp_path / "hf")
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == before
+    torch_impl.checkpoint.save_sharded(model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"holds a sharded checkpoint of this project"):
+        hf.save(weights, BERT, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"out is the checkpoint's own folder"):
+        sharded.to_hf(tmp_path / "ckpt", tmp_path / "ckpt")
+    _assert_equal(sharded.load_weights(tmp_path / "ckpt")[0], weights)  # untouched
+    shard = tmp_path / "ckpt" / sharded.file_name(1, 1, 1)
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(shard))} is not a readable"):
+        jax_impl.checkpoint.load_sharded(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_a_mesh_that_is_not_a_mesh_is_a_named_error(framework, tmp_path):
+    """``mesh="data=2"`` (the command lines' spelling) is refused before anything is read."""
+    module = torch_impl.checkpoint if framework == "torch" else jax_impl.checkpoint
+    kind = "DeviceMesh" if framework == "torch" else "Mesh"
+    with pytest.raises(ValueError, match=rf"mesh must be a {kind} .* got str 'data=2'"):
+        module.load_sharded(tmp_path, mesh="data=2")

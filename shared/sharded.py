@@ -66,6 +66,7 @@ __all__ = [
     "entry_name",
     "file_name",
     "full",
+    "is_sharded",
     "load_weights",
     "next_generation",
     "read_index",
@@ -124,11 +125,34 @@ def file_name(generation: int, k: int, n: int) -> str:
 
 
 def next_generation(folder: str | os.PathLike) -> int:
-    """1 + the generation of the folder's current index (1 if it has none)."""
-    path = Path(folder) / INDEX
+    """1 + the generation of the folder's current index (1 if it has none).
+
+    Raises CheckpointError when ``folder`` holds a Hugging Face model (a ``config.json``, or
+    an index without this project's metadata): a save there would replace its index and
+    orphan its files.
+    """
+    folder = Path(folder)
+    path = folder / INDEX
+    if (folder / "config.json").is_file() or (path.is_file() and not is_sharded(folder)):
+        raise CheckpointError(
+            f"{folder} holds a Hugging Face model folder (config.json or its own {INDEX}); "
+            "a sharded checkpoint would replace its index: save into another folder"
+        )
     if not path.is_file():
         return 1
     return _read_json(path)["metadata"].get("generation", 0) + 1
+
+
+def is_sharded(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` has this project's sharded index (its metadata lists ``shards``)."""
+    path = Path(folder) / INDEX
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text()).get("metadata")
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(meta, dict) and "shards" in meta
 
 
 def assign(
@@ -334,7 +358,11 @@ class Files:
         from safetensors import safe_open
 
         if name not in self.open:
-            self.open[name] = safe_open(str(self.folder / name), framework="numpy")
+            path = self.folder / name
+            try:
+                self.open[name] = safe_open(str(path), framework="numpy")
+            except Exception as e:  # safetensors' SafetensorError, or an OSError
+                raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
         return self.open[name]
 
 
@@ -390,5 +418,10 @@ def to_hf(
     """
     from shared import hf
 
+    if Path(out).resolve() == Path(folder).resolve():
+        raise ValueError(
+            f"out is the checkpoint's own folder {folder}: a Hugging Face folder there would "
+            "replace the checkpoint's index; pass another folder"
+        )
     weights, cfg = load_weights(folder)
     return hf.save(weights, cfg, out, model_type=model_type, max_shard_size=max_shard_size)

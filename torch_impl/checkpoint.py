@@ -121,9 +121,15 @@ def load_sharded(
     parallelize``) and each rank reads only its own slice of each parameter (resharding on
     load).
 
-    Raises FileNotFoundError (no index), ``CheckpointError`` (an index naming a missing
+    Raises ValueError (a ``mesh`` that is not a mesh), FileNotFoundError (no index),
+    ``CheckpointError`` (an index naming a missing
     file, shards that do not tile a tensor, a NaN or Inf unless ``allow_nonfinite``).
     """
+    if mesh is not None and not isinstance(mesh, DeviceMesh):
+        raise ValueError(
+            f"mesh must be a DeviceMesh (torch_impl.parallel.make_mesh(data=..., ...)) or None, "
+            f"got {type(mesh).__name__} {mesh!r}"
+        )
     index = sharded.read_index(folder)
     if mesh is None:
         weights, cfg = sharded.load_weights(folder)

@@ -214,8 +214,15 @@ def save(
     EuroBERT with RMSNorm (causal or not), GTE or NomicBERT post-norm (attention biases or
     not); ``causal``: GPT-2, ``position_pad_id``: RoBERTa, ``embed_dim``: ELECTRA, no token
     types: DistilBERT, else BERT). Raises ValueError naming the field when the family cannot
-    express ``cfg``.
+    express ``cfg``, and when ``folder`` holds a sharded checkpoint (``shared.sharded``).
     """
+    from shared import sharded
+
+    if sharded.is_sharded(folder):
+        raise ValueError(
+            f"{folder} holds a sharded checkpoint of this project; a Hugging Face folder there "
+            "would replace its index: save into another folder"
+        )
     picked = None
     if model_type is None:
         model_type, picked = _model_type_for(cfg)
