@@ -164,3 +164,16 @@ def test_a_framework_fault_in_one_layer_fails_a_checkpoint(tmp_path, monkeypatch
     assert all(d.within(c.tolerance) for d in [*c.hidden[:2], c.attention[0]])
     assert check.main([str(path), "--batch", "2", "--seq-len", "8"]) == 1
     assert "OUT OF TOLERANCE from attention[1]" in capsys.readouterr().out
+
+
+def test_a_sharded_checkpoint_folder_is_checked_and_an_empty_folder_is_a_usage_error(tmp_path):
+    import torch_impl.checkpoint
+
+    cfg = EncoderConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_layers=1, dropout=0.0)
+    model = torch_impl.from_weights(reference.init_weights(cfg, 0), cfg)
+    torch_impl.checkpoint.save_sharded(model, tmp_path / "ckpt")
+    report = check.check(tmp_path / "ckpt", batch=2, seq_len=8)
+    assert report.kind == "checkpoint" and report.config == cfg
+    assert [c.expected for c in report.comparisons] == ["torch"] and report.within_tolerance
+    (tmp_path / "empty").mkdir()
+    assert check.main([str(tmp_path / "empty")]) == 2

@@ -189,6 +189,9 @@ def test_command_line_writes_a_format_v1_checkpoint(minilm_folder, converted, tm
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and line.startswith(f"wrote {out}")
     assert "skipped 3: embeddings.position_ids, pooler.dense.bias, pooler.dense.weight" in line
+    # embeddings 30522*384 + 512*384 + 2*384 + LayerNorm 768 = 11,918,592; six layers of
+    # 1,774,464 (q, k, v, out 4*(384^2 + 384), FFN 2*384*1536 + 1536 + 384, two norms 1536)
+    assert "22.6M parameters in 101 tensors" in line  # 22,565,376, the pooler skipped
     weights, cfg = v1.load_file(out)
     assert cfg == converted[1]
     assert sorted(weights) == sorted(converted[0])

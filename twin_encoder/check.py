@@ -188,12 +188,16 @@ def _diff_dict(d: LayerDiff) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], EncoderConfig, str]:
-    """``(format-v1 weights, config, kind)`` of a checkpoint file (kind ``"checkpoint"``) or
-    a Hugging Face folder (kind ``"hf"``). Raises ``ValueError`` (unreadable or refused
+    """``(format-v1 weights, config, kind)`` of a checkpoint file or a sharded checkpoint
+    folder (kind ``"checkpoint"``) or a Hugging Face folder (kind ``"hf"``). Raises ``ValueError`` (unreadable or refused
     content, naming why) or ``FileNotFoundError``."""
     path = Path(path)
     if path.is_dir():
-        from shared import hf
+        from shared import hf, sharded
+
+        if sharded.is_sharded(path):
+            weights, cfg = sharded.load_weights(path)
+            return weights, cfg, "checkpoint"
 
         weights, cfg = hf.load(path)
         return weights, cfg, "hf"
@@ -433,7 +437,7 @@ def check(
     seed: int = 0,
     with_transformers: bool = True,
 ) -> Report:
-    """Run ``path`` (a checkpoint file or a Hugging Face folder) in both frameworks under each
+    """Run ``path`` (a checkpoint file or folder, or a Hugging Face folder) in both frameworks under each
     mode and, for a folder, against transformers; the :class:`Report` says whether every
     layer is within the tolerance table. ``device``: "cpu", "gpu" or "tpu" (PyTorch runs on
     the CPU for a TPU). Raises ``ValueError`` for a file or folder that cannot be read."""
@@ -522,8 +526,8 @@ def build_parser(prog: str = "twin-encoder check") -> ArgumentParser:
     p.add_argument(
         "path",
         type=Path,
-        help="a checkpoint (.safetensors, format 1 or 2) or a Hugging Face folder "
-        "(config.json + model.safetensors)",
+        help="a checkpoint (.safetensors, format 1 to 3), a sharded checkpoint folder "
+        "(save_sharded), or a Hugging Face folder (config.json + model.safetensors, or shards)",
     )
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
     p.add_argument(
@@ -577,8 +581,14 @@ def _check_path(path: Path) -> str | None:
     """Why ``path`` cannot be checked, before anything heavy is imported; None when it can."""
     if not path.exists():
         return f"{path} does not exist; expected a checkpoint file or a Hugging Face folder"
-    if path.is_dir() and not (path / "config.json").is_file():
-        return f"{path} is a folder without config.json; expected a Hugging Face model folder"
+    has = {
+        name for name in ("config.json", "model.safetensors.index.json") if (path / name).is_file()
+    }
+    if path.is_dir() and not has:
+        return (
+            f"{path} is a folder without config.json or model.safetensors.index.json; expected "
+            "a Hugging Face model folder or a sharded checkpoint"
+        )
     return None
 
 

@@ -275,6 +275,14 @@ def _model_type_for(cfg: EncoderConfig) -> tuple[str, str]:
     return "bert", "the default"
 
 
+def _count(n: int) -> str:
+    """``109.5M``, ``30.2K``, ``812``: three significant figures or so."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def main(argv: list[str] | None = None, *, prog: str = "python -m shared.hf") -> int:
     """``python -m shared.hf FOLDER OUT.safetensors``: convert, and print a one-line summary.
 
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m shared.hf") ->
         f"wrote {args.out}: {family.name}, {cfg.n_layers} layer{'' if cfg.n_layers == 1 else 's'}, "
         f"d_model {cfg.d_model}, "
         f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, "
-        f"{n_params / 1e6:.1f}M parameters in {len(weights)} tensors; "
+        f"{_count(n_params)} parameters in {len(weights)} tensors; "
         f"skipped {len(skipped)}: {', '.join(skipped) if skipped else 'none'}"
     )
     return 0
