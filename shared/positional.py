@@ -88,8 +88,9 @@ def apply_rope(
 
 
 def check_position_ids(cfg, position_ids, b: int, t: int) -> None:
-    """``position_ids`` of a call: integer (B, T) or (1, T), values in [0, max_len) (for
-    sinusoidal positions, >= 0: the table extends). ``position_ids`` is a NumPy array, or
+    """``position_ids`` of a call: integer (B, T) or (1, T), values in [0, max_len) for a
+    learned table; >= 0 for sinusoidal and rotary positions, which are computed for any
+    position (as transformers computes RoPE past ``max_position_embeddings``). ``position_ids`` is a NumPy array, or
     anything with ``shape`` and ``kind`` (``shared.inputs.Spec``: values unknown, only the
     shape and dtype are checked). Raises ValueError naming what was expected and got."""
     shape = tuple(position_ids.shape)
@@ -102,7 +103,7 @@ def check_position_ids(cfg, position_ids, b: int, t: int) -> None:
     if not isinstance(position_ids, np.ndarray) or position_ids.size == 0:
         return
     lo, hi = int(position_ids.min()), int(position_ids.max())
-    upper = None if cfg.positional == "sinusoidal" else cfg.max_len
+    upper = cfg.max_len if cfg.positional == "learned" else None
     if lo < 0 or (upper is not None and hi >= upper):
         bound = f"[0, {upper}) (max_len)" if upper is not None else ">= 0"
         raise ValueError(f"position_ids must lie in {bound}, got values in [{lo}, {hi}]")

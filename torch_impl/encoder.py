@@ -141,7 +141,7 @@ class TokenEmbeddings(nn.Module):
         self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B|1, T) positions of a call: ``position_ids`` checked (integer (B, T) or (1, T),
-        in [0, max_len)) and on the model's device, or :meth:`position_ids`' default."""
+        in [0, max_len) for a learned table, else >= 0) and on the model's device, or :meth:`position_ids`' default."""
         if position_ids is None:
             return self.position_ids(input_ids)
         check_position_ids(self.config, _values(position_ids), *input_ids.shape)
@@ -479,7 +479,7 @@ class TransformerEncoder(nn.Module):
             token_type_ids: (B, T) segment ids; row 0 when omitted (if the config has types).
             mask: general boolean attention mask (B|1, H|1, T|1, T), True = may attend;
                 combines (logical and) with ``attention_mask`` and ``is_causal``.
-            position_ids: (B, T) or (1, T) integer positions in [0, max_len) replacing the
+            position_ids: (B, T) or (1, T) integer positions (>= 0; < max_len for a learned table) replacing the
                 default 0..T-1 (RoBERTa: counted from the ids): with left padding, pass them.
                 With RoPE they rotate q and k in every layer (Su et al. 2021).
             is_causal: position t attends only to positions <= t.
