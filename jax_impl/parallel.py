@@ -79,7 +79,7 @@ def initialize(
 
     ``timeout_s``: how long a process waits for every process to join. ``heartbeat_timeout_s``:
     how long the coordination service waits for a silent process before it declares it dead
-    and ends every process (JAX names the dead task, ``/job:jax_worker/.../task:N``).
+    and ends every process, naming the silent one ("tasks are unhealthy ...: 1").
 
     Raises ``ValueError`` for a process count or id out of range (argument or environment),
     and ``RuntimeError`` naming the address and the timeout when the coordinator cannot be
@@ -108,6 +108,16 @@ def initialize(
     )
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
 def _wait_for_coordinator(address: str, timeout_s: float, who: str) -> None:
     """Connect to ``host:port`` until it accepts or ``timeout_s`` has passed.
 
@@ -129,16 +139,6 @@ def _wait_for_coordinator(address: str, timeout_s: float, who: str) -> None:
                     f"timeout_s={timeout_s}: {error}"
                 ) from None
             time.sleep(0.2)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
 def make_mesh(*, data: int = 1, model: int = 1, seq: int = 1) -> Mesh:
@@ -175,12 +175,22 @@ def parallelize(model: nnx.Module, mesh: Mesh, *, fsdp: bool = False) -> nnx.Mod
     replicated = NamedSharding(mesh, PartitionSpec())
     for _, param in nnx.iter_graph(model):
         if isinstance(param, nnx.Param):
-            param.set_value(jax.device_put(param.get_value(), replicated))
+            param.set_value(_put(param.get_value(), replicated))
     for name, param, _ in parameter_table(encoder):
         axes = plan.spec(name, param.shape, fsdp=fsdp, data=data, model=tp)
         sharding = NamedSharding(mesh, PartitionSpec(*axes))
-        param.set_value(jax.device_put(param.get_value(), sharding))
+        param.set_value(_put(param.get_value(), sharding))
     return model
+
+
+def _put(value: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """``value`` (the same in every process) laid out by ``sharding``. With several
+    processes each builds its own devices' parts from its copy: ``jax.device_put`` would
+    first compare the copies across processes, one collective per parameter."""
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _check(encoder: TransformerEncoder, mesh: Mesh) -> None:

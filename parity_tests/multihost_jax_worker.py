@@ -93,6 +93,17 @@ def run_cases(folder: Path) -> None:
             np.save(folder / f"forward-{name}.npy", h)
             np.savez(folder / f"gradients-{name}.npz", **grads)
             np.savez(folder / f"train-{name}.npz", losses=np.array(losses), **weights)
+    errors = {}
+    for name, case in {
+        "part_mesh": lambda: parallel.make_mesh(data=2),  # 2 of the 4 devices
+        "rows": lambda: parallel.place_batch(np.zeros((3, 8)), parallel.make_mesh(data=4)),
+    }.items():
+        try:
+            case()
+        except ValueError as error:
+            errors[name] = str(error)
+    if here == 0:
+        np.savez(folder / "errors.npz", **errors)
     multihost_utils.sync_global_devices("written")
 
 
@@ -113,6 +124,9 @@ def run_die() -> None:
 
 if __name__ == "__main__":
     # before anything touches JAX's devices (importing JAX does not)
-    parallel.initialize(local_device_count=2, timeout_s=60, heartbeat_timeout_s=5)
     folder, case = Path(sys.argv[1]), sys.argv[2]
+    # a short heartbeat timeout finds the dead process soon; on a loaded machine a longer
+    # one keeps a busy but live process from being declared dead
+    heartbeat = 5 if case == "die" else 30
+    parallel.initialize(local_device_count=2, timeout_s=60, heartbeat_timeout_s=heartbeat)
     run_cases(folder) if case == "cases" else run_die()

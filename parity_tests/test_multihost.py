@@ -138,6 +138,16 @@ def test_jax_two_processes_ten_adamw_steps_equal_one_device(jax_run, mesh):
         assert_close(got[name], want[name], F32, f"{name} after 10 steps on {mesh}")
 
 
+def test_jax_meshes_and_batches_that_do_not_fit_the_processes_name_what_was_got(jax_run):
+    errors = dict(np.load(jax_run / "errors.npz"))
+    assert str(errors["part_mesh"]) == (
+        "with 2 processes the mesh must use all 4 devices, got data=2 x model=1 x seq=1"
+    )
+    assert str(errors["rows"]).startswith(
+        "this process's rows=3 are not divisible by its 2 data ranks"
+    )
+
+
 def test_jax_a_process_that_dies_mid_step_ends_every_process_naming_it(tmp_path):
     """Process 1 exits in the middle of a training step, while process 0 waits for it in
     the step's collectives (gloo does not notice: it waits). The coordination service misses
