@@ -53,7 +53,13 @@ def task_model() -> jt.SequenceClassifier:
 
 
 def loss(model, ids, mask):
-    return jnp.mean(jnp.square(model(ids, mask)))
+    return loss_and_hidden_states(model, ids, mask)[0]
+
+
+def loss_and_hidden_states(model, ids, mask):
+    """mean(h**2) and h: the forward and the gradients from one compiled program."""
+    h = model(ids, mask)
+    return jnp.mean(jnp.square(h)), h
 
 
 def gathered(tree, mesh):
@@ -61,6 +67,29 @@ def gathered(tree, mesh):
     copy to every device; ``multihost_utils.process_allgather`` compiles one per leaf)."""
     whole = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))(tree)
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), whole)
+
+
+def on_mesh(trainer: jt.Trainer, mesh) -> jt.Trainer:
+    """The trainer's state that is not a parameter (dropout keys and counts, the sinusoid
+    table, the optimizer's step counts: made on one device) replicated on ``mesh``. The first
+    step returns them on the mesh; left on one device, the second step compiles again."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):  # the same in every process: each builds its own devices' copies
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, replicated, lambda index: host[index])
+
+    def commit(x):
+        if isinstance(x.sharding, NamedSharding):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(
+                put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        return put(x)
+
+    trainer.rest, trainer.opt_state = jax.tree.map(commit, (trainer.rest, trainer.opt_state))
+    return trainer
 
 
 def run_cases(folder: Path) -> None:
@@ -74,11 +103,13 @@ def run_cases(folder: Path) -> None:
             jax_impl.from_weights(random_weights(CFG, seed=1), CFG), mesh
         )
         ids, mask = parallel.place_batch(parallel.slice_batch(forward_inputs(), mesh), mesh)
-        h = gathered(jax.jit(lambda m, i, k: m(i, k))(sharded, ids, mask), mesh)
-        flat = nnx.to_flat_state(jax.jit(nnx.grad(loss))(sharded, ids, mask))
+        forward_and_grad = jax.jit(nnx.value_and_grad(loss_and_hidden_states, has_aux=True))
+        (_, h), grad_state = forward_and_grad(sharded, ids, mask)
+        h = gathered(h, mesh)
+        flat = nnx.to_flat_state(grad_state)
         grads = gathered({"/".join(map(str, path)): v[...] for path, v in flat}, mesh)
 
-        trainer = jt.Trainer(parallel.parallelize(task_model(), mesh), TRAIN)
+        trainer = on_mesh(jt.Trainer(parallel.parallelize(task_model(), mesh), TRAIN), mesh)
         dataset = Dataset(TASK, batch_size=BATCH, seed=0)
         losses = []
         for step in range(10):

@@ -10,6 +10,7 @@ naming it; a coordinator that nobody serves is a clear error within the timeout.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -118,10 +119,9 @@ def test_jax_two_processes_gradients_equal_one_device(jax_run, mesh):
         assert_close(got[name], np.asarray(value[...]), F32, f"gradient of {name} on {mesh}")
 
 
-@pytest.mark.parametrize("mesh", MESHES)
-def test_jax_two_processes_ten_adamw_steps_equal_one_device(jax_run, mesh):
-    """Per-step losses and the final weights of jax_impl/train.py's Trainer, each process
-    feeding its own rows of every global batch."""
+@functools.cache
+def jax_one_device_training() -> tuple[list[float], list[float], dict[str, np.ndarray]]:
+    """Per-step losses, gradient norms and final weights of 10 steps on one device."""
     trainer = jt.Trainer(J.task_model(), J.TRAIN)
     dataset = Dataset(J.TASK, batch_size=J.BATCH, seed=0)
     losses, norms = [], []
@@ -129,10 +129,17 @@ def test_jax_two_processes_ten_adamw_steps_equal_one_device(jax_run, mesh):
         loss, norm = trainer.step([dataset.batch(step)])
         losses.append(loss)
         norms.append(norm)
+    return losses, norms, jt.export_task_weights(trainer.model)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_jax_two_processes_ten_adamw_steps_equal_one_device(jax_run, mesh):
+    """Per-step losses and the final weights of jax_impl/train.py's Trainer, each process
+    feeding its own rows of every global batch."""
+    losses, norms, want = jax_one_device_training()
     assert max(norms) > J.TRAIN.max_grad_norm  # clipping did act
     got = np.load(jax_run / f"train-{mesh}.npz")
     assert_close(got["losses"], np.array(losses, np.float32), F32, f"losses on {mesh}")
-    want = jt.export_task_weights(trainer.model)
     assert set(got.files) == {"losses", *want}
     for name in want:
         assert_close(got[name], want[name], F32, f"{name} after 10 steps on {mesh}")
@@ -252,8 +259,9 @@ def test_torch_two_nodes_gradients_equal_one_device(torch_run, mesh):
         assert_close(got[name], want, F32, f"gradient of {name} on {mesh}")
 
 
-@pytest.mark.parametrize("mesh", MESHES)
-def test_torch_two_nodes_ten_adamw_steps_equal_one_device(torch_run, mesh):
+@functools.cache
+def torch_one_device_training() -> tuple[list[float], list[float], dict[str, np.ndarray]]:
+    """Per-step losses, gradient norms and final weights of 10 steps on one device."""
     trainer = tt.Trainer(W.task_model(), W.TRAIN)
     dataset = Dataset(W.TASK, batch_size=W.BATCH, seed=0)
     losses, norms = [], []
@@ -261,10 +269,15 @@ def test_torch_two_nodes_ten_adamw_steps_equal_one_device(torch_run, mesh):
         loss, norm = trainer.step([dataset.batch(step)])
         losses.append(loss)
         norms.append(norm)
+    return losses, norms, tt.export_task_weights(trainer.model)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_torch_two_nodes_ten_adamw_steps_equal_one_device(torch_run, mesh):
+    losses, norms, want = torch_one_device_training()
     assert max(norms) > W.TRAIN.max_grad_norm  # clipping did act
     got = np.load(torch_run / mesh / "train.npz")
     assert_close(got["losses"], np.array(losses), F32, f"losses on {mesh}")
-    want = tt.export_task_weights(trainer.model)
     assert set(got.files) == {"losses", *want}
     for name in want:
         assert_close(got[name], want[name], F32, f"{name} after 10 steps on {mesh}")
