@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -49,8 +50,9 @@ def free_port() -> int:
 
 
 def run_all(commands: list[tuple[list[str], dict[str, str]]], timeout_s: float):
-    """Start every command at once; wait for all (each ended after ``timeout_s``).
-    Returns ``[(exit code, output), ...]`` and the seconds until the last one ended."""
+    """Start every command at once; wait for all (each ended, with the processes it
+    started, after ``timeout_s``). Returns ``[(exit code, output), ...]`` and the seconds
+    until the last one ended."""
     start = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -60,6 +62,7 @@ def run_all(commands: list[tuple[list[str], dict[str, str]]], timeout_s: float):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: torchrun's workers end with it
         )
         for cmd, env in commands
     ]
@@ -68,7 +71,7 @@ def run_all(commands: list[tuple[list[str], dict[str, str]]], timeout_s: float):
         try:
             out, _ = proc.communicate(timeout=max(1.0, timeout_s - (time.monotonic() - start)))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             out += f"\n[killed after {timeout_s} s]"
         results.append((proc.returncode, out))
