@@ -10,7 +10,9 @@ naming it; a coordinator that nobody serves is a clear error within the timeout.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import json
 import os
 import re
 import signal
@@ -89,17 +91,33 @@ def jax_processes(folder: Path, case: str, timeout_s: float):
     return run_all(commands, timeout_s)
 
 
+def launched_once(tmp_path_factory, name: str, launch) -> Path:
+    """The folder of ``launch(folder)``, run once per test session: pytest-xdist may spread
+    this file's tests over its workers, which share the session's temporary root, so the
+    first to come launches while the others wait on a lock and read its results."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            results, _ = launch(folder)
+            done.write_text(json.dumps(results))
+    for i, (code, out) in enumerate(json.loads(done.read_text())):
+        assert code == 0, f"{name}: process {i} exited with {code}:\n{out[-6000:]}"
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------
 # JAX: 2 processes x 2 host devices
 
 
 @pytest.fixture(scope="module")
 def jax_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("jax-multihost")
-    results, _ = jax_processes(folder, "cases", timeout_s=600)
-    for i, (code, out) in enumerate(results):
-        assert code == 0, f"process {i} exited with {code}:\n{out[-6000:]}"
-    return folder
+    return launched_once(
+        tmp_path_factory, "jax-multihost", lambda f: jax_processes(f, "cases", timeout_s=600)
+    )
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -223,11 +241,9 @@ def torchrun_nodes(folder: Path, case: str, timeout_s: float):
 
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("torch-multihost")
-    results, _ = torchrun_nodes(folder, "cases", timeout_s=600)
-    for i, (code, out) in enumerate(results):
-        assert code == 0, f"node {i} exited with {code}:\n{out[-6000:]}"
-    return folder
+    return launched_once(
+        tmp_path_factory, "torch-multihost", lambda f: torchrun_nodes(f, "cases", timeout_s=600)
+    )
 
 
 def _rows(folder: Path, key: str) -> np.ndarray:
