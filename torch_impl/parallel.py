@@ -29,13 +29,18 @@ tensors), so sharded dropout is not the one-device dropout; only its rate is.
 
 Processes: :func:`launch` starts one per rank (gloo on CPU, NCCL on GPUs) with a file://
 rendezvous; ``torchrun`` works too (it sets the environment ``init_process_group`` reads).
+
+Several hosts (``torchrun --nnodes=N``, SLURM): every process calls :func:`initialize` first,
+then runs the same three steps; :func:`make_mesh` spans every process of every node.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import socket
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +62,7 @@ from torch_impl.weights import export_weights, from_weights, parameter_table, sa
 
 __all__ = [
     "export_weights",
+    "initialize",
     "launch",
     "load",
     "make_mesh",
@@ -66,6 +72,86 @@ __all__ = [
 ]
 
 STYLES = {plan.COLUMNS: ColwiseParallel, plan.ROWS: RowwiseParallel}
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: float = 300.0,
+    backend: str | None = None,
+) -> None:
+    """Join this process to a group of ``num_processes`` (``dist.init_process_group``).
+
+    Call it in every process, before :func:`make_mesh`. Each argument left out is read from
+    the environment that ``torchrun`` (and ``launch``) set: ``MASTER_ADDR`` and
+    ``MASTER_PORT`` (the address, ``host:port``), ``WORLD_SIZE``, ``RANK``. With no address
+    given, the group joins through that environment (``env://``: under torchrun, the store of
+    its agent); with one, through ``tcp://host:port``, served by process 0.
+
+    ``backend``: "nccl" when CUDA is present (each process then takes GPU ``LOCAL_RANK``),
+    else "gloo". ``timeout_s``: how long a process waits for the others, to join and in each
+    collective.
+
+    Raises ``ValueError`` for a process count or id out of range (argument or environment),
+    and ``RuntimeError`` naming the address and the timeout when the coordinator cannot be
+    reached within ``timeout_s``.
+    """
+    address = coordinator_address or _env_address()
+    count = num_processes if num_processes is not None else _env_int("WORLD_SIZE")
+    index = process_id if process_id is not None else _env_int("RANK")
+    if count is not None and count < 1:
+        raise ValueError(f"num_processes must be >= 1, got {count}")
+    if count is not None and index is not None and not 0 <= index < count:
+        raise ValueError(f"process_id must be in [0, {count}), got {index}")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if address is not None and index not in (None, 0):
+        _wait_for_coordinator(address, timeout_s, f"process {index} of {count}")
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{coordinator_address}" if coordinator_address else "env://",
+        rank=-1 if index is None else index,
+        world_size=-1 if count is None else count,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    if backend == "nccl":
+        torch.cuda.set_device(_env_int("LOCAL_RANK") or 0)
+
+
+def _env_address() -> str | None:
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    return f"{host}:{port}" if host and port else None
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _wait_for_coordinator(address: str, timeout_s: float, who: str) -> None:
+    """Connect to ``host:port`` until it accepts or ``timeout_s`` has passed, so that an
+    address nobody serves is one ``RuntimeError`` naming it."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"coordinator_address must be 'host:port', got {address!r}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{who} could not reach the coordinator at {address} within "
+                    f"timeout_s={timeout_s}: {error}"
+                ) from None
+            time.sleep(0.2)
 
 
 def make_mesh(*, data: int = 1, model: int = 1, seq: int = 1) -> DeviceMesh:
