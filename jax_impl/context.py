@@ -17,11 +17,16 @@ so attention runs one of two ways, inside ``jax.shard_map``:
   per block (Liu et al., "Ring Attention with Blockwise Transformers for Near-Infinite
   Context", 2023). Memory: two K, V blocks per device.
 
-Each K, V block travels with its keys' padding mask and global positions, so padding and
-causality are exact whichever device a block came from. A device holds its rows as
-``chunks`` contiguous runs of positions (2 in the load-balanced order); the ring computes
-each (query chunk, key chunk) pair separately and skips (``lax.cond``) pairs that causality
-masks entirely: that is what load balancing evens out across devices.
+Each K, V block travels with its keys' padding mask and global positions, so padding,
+causality and a sliding window (masks built from global positions) are exact whichever
+device a block came from. A device holds its rows as ``chunks`` contiguous runs of
+positions (2 in the load-balanced order); the ring computes each (query chunk, key chunk)
+pair separately and skips (``lax.cond``) pairs that causality (or the window) masks
+entirely: that is what load balancing evens out across devices. K and V may have fewer
+heads than Q (grouped-query attention): they travel with their own G heads.
+
+:class:`ContextParallel` is what ``jax_impl.parallel.parallelize`` gives a model's
+attention layers on a "seq" axis > 1.
 
 :func:`shard_attention` is the JAX idiom around them: global arrays in, ``jax.shard_map``
 over the mesh ("data" on the batch, "model" on the heads, "seq" on the sequence), global

@@ -6,6 +6,10 @@ Mirrors ``torch_impl/parallel.py``. Three steps, as in PyTorch::
     parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
     h = model(parallel.place_batch(input_ids, mesh))  # the global batch, split over "data"
 
+On a mesh whose "seq" is > 1, ``parallelize(model, mesh, context="ring" | "all_gather",
+load_balance=...)`` also makes every layer's attention context-parallel
+(:func:`context_parallel`): the batch stays global, and only attention runs per device.
+
 ``export_weights`` and ``save`` are ``jax_impl``'s own (they work on sharded models too),
 re-exported here.
 

@@ -141,7 +141,6 @@ def _encoder_with_gradients(name: str, mesh):
     [
         ("model-ring-plain-full", 2, 2),
         ("model-all_gather-lb-causal", 1, 2),
-        ("model-ring-lb-causal", 1, 4),
         ("modern-ring-lb-causal", 1, 2),
     ],
 )

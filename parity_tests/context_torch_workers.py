@@ -47,7 +47,8 @@ MODERN = EncoderConfig(
     mlp_out_bias=False, sliding_window=3, layer_types=("sliding_attention", "full_attention"),
 )  # fmt: skip
 CONFIGS = {"model": MODEL, "modern": MODERN}
-# name: (config, method, load balancing, causal, seq sizes of the launches that run it)
+# name: (config, method, load balancing, causal, seq sizes of the PyTorch launches that run
+# it); context_jax_cases.py runs them all but the seq=4 one, with data=2 x seq=2 once
 MODEL_CASES = {
     "model-ring-plain-full": ("model", "ring", False, False, (2,)),
     "model-all_gather-lb-causal": ("model", "all_gather", True, True, (2,)),

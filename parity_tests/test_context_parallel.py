@@ -1,5 +1,9 @@
 """Context parallelism: attention over a sequence split on a "seq" mesh axis, against one device.
 
+Also whole encoders parallelized with ``parallelize(..., context=, load_balance=)``: their
+outputs and every parameter gradient against one device (float32 row), and, in PyTorch,
+the bytes their collectives sent against ``shared.parallel.context_bytes``.
+
 Both frameworks, seq=2 and seq=4, all-gather and ring, with and without load balancing,
 full and causal attention, with ragged padding: outputs and dq, dk, dv against the
 single-device flash kernel within the float32 row of shared/tolerances.py, and the number
@@ -271,7 +275,8 @@ def test_torch_bad_splits_and_arguments_name_what_was_expected_and_what_was_got(
 
 def test_jax_context_parallel_on_4_host_devices_equals_one_device(tmp_path):
     """Outputs and gradients of every case on seq=2 and seq=4 meshes, data=2 x seq=2 and
-    model=2 x seq=2, and the ppermute / all_gather equations of each program."""
+    model=2 x seq=2, and the ppermute / all_gather equations of each program; whole
+    encoders (h and every parameter gradient) on seq=2 and data=2 x seq=2."""
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",

@@ -17,11 +17,16 @@ so attention runs one of two ways:
   (Liu et al., "Ring Attention with Blockwise Transformers for Near-Infinite Context", 2023).
   Memory: two K, V blocks per rank.
 
-Each K, V block travels with its keys' padding mask and global positions, so padding and
-causality are exact whichever rank a block came from. A rank holds its rows as ``chunks``
-contiguous runs of positions (2 in the load-balanced order); the ring computes each (query
-chunk, key chunk) pair separately and skips pairs that causality masks entirely: that is
-what load balancing evens out across ranks (the counts are in :data:`COUNTS`).
+Each K, V block travels with its keys' padding mask and global positions, so padding,
+causality and a sliding window (masks built from global positions) are exact whichever
+rank a block came from. A rank holds its rows as ``chunks`` contiguous runs of positions (2
+in the load-balanced order); the ring computes each (query chunk, key chunk) pair
+separately and skips pairs that causality (or the window) masks entirely: that is what load
+balancing evens out across ranks (the counts are in :data:`COUNTS`). K and V may have fewer
+heads than Q (grouped-query attention): they travel with their own G heads.
+
+:class:`ContextParallel` is what ``torch_impl.parallel.parallelize`` gives a model's
+attention layers on a "seq" axis > 1.
 
 Counts: every collective step this process issues adds to :data:`COUNTS` (``"ring_step"``:
 one ``batch_isend_irecv``; ``"all_gather"``, ``"all_reduce"``: one call), its payload to

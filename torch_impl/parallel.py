@@ -7,6 +7,11 @@ Mirrors ``jax_impl/parallel.py``. Three steps, as in JAX, in every process of th
     parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
     h = model(parallel.slice_batch(input_ids, mesh))  # this data rank's rows of the batch
 
+On a mesh whose "seq" is > 1, ``parallelize(model, mesh, context="ring" | "all_gather",
+load_balance=...)`` also makes every layer's attention context-parallel
+(:func:`context_parallel`): each rank then takes its rows of the sequence too
+(:func:`slice_sequence`), and gradients are summed over "seq" by parameter hooks.
+
 ``export_weights`` and ``save`` are ``torch_impl``'s own (they work on sharded models too),
 re-exported here.
 
