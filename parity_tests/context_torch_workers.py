@@ -47,6 +47,7 @@ MODERN = EncoderConfig(
     mlp_out_bias=False, sliding_window=3, layer_types=("sliding_attention", "full_attention"),
 )  # fmt: skip
 CONFIGS = {"model": MODEL, "modern": MODERN}
+ROBERTA = MODEL.replace(positional="learned", position_pad_id=1)  # positions counted past pads
 # name: (config, method, load balancing, causal, seq sizes of the PyTorch launches that run
 # it); context_jax_cases.py runs them all but the seq=4 one, with data=2 x seq=2 once
 MODEL_CASES = {
@@ -145,6 +146,8 @@ def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
     """The ValueError of each bad split or argument, written down for the test."""
     group = mesh["seq"].get_group()
     x = torch.zeros(B, H, 2 * seq + 2, HD)
+    ids = np.zeros((B, T // seq), dtype=np.int64)  # this rank's rows
+    whole = np.ones((1, 1, T // seq, T // seq), dtype=bool)
     positions = torch.arange(2)
     cases = {
         "split": lambda: context.slice_sequence(x, group, dim=2, load_balance=True),
@@ -155,6 +158,11 @@ def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
             x[:, :, :2], x[:, :, :2], x[:, :, :2], positions=torch.arange(3), group=group
         ),
         "mesh": lambda: parallel.make_mesh(seq=2 * seq),
+        "weights": lambda: _parallel_encoder(MODEL, mesh)(ids, return_attention=True),
+        "general_mask": lambda: _parallel_encoder(MODEL, mesh)(ids, mask=whole),
+        "pad_positions": lambda: _parallel_encoder(ROBERTA, mesh)(ids),
+        "fsdp": lambda: _parallel_encoder(MODEL, mesh, fsdp=True),
+        "context": lambda: _parallel_encoder(MODEL, mesh, context="tree"),
     }
     messages = {}
     for name, case in cases.items():
@@ -191,3 +199,7 @@ def _encoder(folder, rank, mesh, name, cfg, method, load_balance, causal):
         backward_bytes=backward,
         **(grads if rank == 0 else {}),
     )
+
+
+def _parallel_encoder(cfg, mesh, **options):
+    return parallel.parallelize(from_weights(model_weights(cfg), cfg), mesh, **options)

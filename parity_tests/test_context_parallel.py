@@ -267,6 +267,11 @@ def test_torch_bad_splits_and_arguments_name_what_was_expected_and_what_was_got(
     assert errors["method"] == "method must be one of ('ring', 'all_gather'), got 'tree'"
     assert errors["positions"] == "positions must have shape (2,), got (3,)"
     assert errors["mesh"].startswith(f"mesh data=1 x model=1 x seq={2 * seq} needs {2 * seq}")
+    assert errors["weights"].startswith("context parallelism never forms the (T, T) weights")
+    assert "not a general mask: expected mask=None, got a mask of shape" in errors["general_mask"]
+    assert errors["pad_positions"].startswith("position_pad_id=1 counts positions over the")
+    assert errors["fsdp"].endswith("expected fsdp=False with seq > 1")
+    assert errors["context"] == "method must be one of ('ring', 'all_gather'), got 'tree'"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ def parallelize(
     _check_group("parallelize")
     encoder = model if isinstance(model, TransformerEncoder) else model.encoder
     _check(encoder, mesh)
+    _check_context(encoder, mesh, fsdp)
     if mesh["model"].size() > 1:
         for i, layer in enumerate(encoder.encoder.layers):
             parallelize_module(layer, mesh["model"], layer_plan(encoder, i))
@@ -292,20 +293,11 @@ def context_parallel(
     (its sharded parameters bypass the hooks that sum each gradient over the group).
     Gradients come out summed over the group (:func:`_summed_over`)."""
     encoder = model if isinstance(model, TransformerEncoder) else model.encoder
+    _check_context(encoder, mesh, fsdp)
     plan_ = context.ContextParallel(
         mesh["seq"].get_group(), method=method, load_balance=load_balance
     )
     plan_ = plan_ if mesh["seq"].size() > 1 else None
-    if plan_ is not None and fsdp:
-        raise ValueError(
-            "context parallelism in PyTorch sums gradients over seq by parameter hooks, "
-            "which FSDP's sharded parameters bypass: expected fsdp=False with seq > 1"
-        )
-    if plan_ is not None and encoder.config.image_size:
-        raise ValueError(
-            "context parallelism splits token sequences: expected a text model on a seq "
-            f"axis > 1, got an image model (image_size={encoder.config.image_size})"
-        )
     encoder.context_parallel = plan_
     for layer in encoder.encoder.layers:
         layer.attention.context_parallel = plan_
@@ -316,6 +308,23 @@ def context_parallel(
         group = mesh["seq"].get_group()
         for param in model.parameters():  # a task head's too
             model._seq_gradient_hooks.append(param.register_hook(_summed_over(group)))
+
+
+def _check_context(encoder: TransformerEncoder, mesh: DeviceMesh, fsdp: bool) -> None:
+    """What PyTorch's context parallelism refuses on a seq axis > 1, before anything is
+    sharded: FSDP and image models (ValueError)."""
+    if mesh["seq"].size() == 1:
+        return
+    if fsdp:
+        raise ValueError(
+            "context parallelism in PyTorch sums gradients over seq by parameter hooks, "
+            "which FSDP's sharded parameters bypass: expected fsdp=False with seq > 1"
+        )
+    if encoder.config.image_size:
+        raise ValueError(
+            "context parallelism splits token sequences: expected a text model on a seq "
+            f"axis > 1, got an image model (image_size={encoder.config.image_size})"
+        )
 
 
 def _summed_over(group):
