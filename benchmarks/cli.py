@@ -340,7 +340,7 @@ def _check(args, suite, cfg, selection: Selection, *, tf32: bool = True) -> list
     for case in cases:
         if case.mesh.devices > 1:
             try:
-                meshes.check(case.mesh, cfg, case.batch)
+                meshes.check(case.mesh, cfg, case.batch, case.seq_len)
             except ValueError as e:
                 raise UsageError(f"--mesh {case.mesh.name}: {e}") from None
     return cases

@@ -3,7 +3,9 @@
 # rows that matter, all into one output folder. Runs from the repository root with the
 # machine's own python3 (or $PYTHON), installs nothing, stops at the first failing step,
 # and prints each command before it runs. Each step has a time limit; together they fit
-# in 9.5 minutes. The peer rows: transformers' BertModel (sdpa) against ours in PyTorch, and
+# in 9.5 minutes, plus 150 s for the context-parallel step (mesh-seq2: the train step with
+# the sequence split over 2 GPUs, ring and all-gather), which runs only where more than one
+# GPU is visible to both torch and jax. The peer rows: transformers' BertModel (sdpa) against ours in PyTorch, and
 # keras-hub's BertBackbone on JAX against ours in JAX, bfloat16, compiled.
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]
@@ -30,6 +32,7 @@ STEPS=(
     "parity-gpu|180|$PY -m pytest parity_tests/test_parity.py parity_tests/test_flash.py parity_tests/test_masked_keys.py --device gpu -q -x -p no:cacheprovider -k 'fused or flash or bfloat16 or float32'"
     "bert-base-bf16-sweep|150|$PY -m benchmarks --device gpu --suite standard --dtype bfloat16 --variants ours-math,ours-fused,ours-flash --phases forward,train_step --modes compiled --seq-lens 512,2048 --repeats 5 --no-plots --out $OUT/bert-base-bf16"
     "bert-large-bf16-train-step|90|$PY -m benchmarks --device gpu --suite standard --config bert-large --dtype bfloat16 --variants ours-fused --phases train_step --modes compiled --batch 32 --seq-lens 512 --repeats 5 --no-plots --out $OUT/bert-large-bf16"
+    "mesh-seq2|150|$PY -m benchmarks --device gpu --suite mesh --mesh seq=2 --mesh seq=2,context=all_gather --repeats 5 --no-plots --out $OUT/mesh-seq2"
     "peers-bf16|120|$PY -m benchmarks --device gpu --suite peers --dtype bfloat16 --frameworks torch --variants ours-fused,hf --phases forward,train_step --modes compiled --seq-lens 512 --repeats 5 --no-plots --out $OUT/peers-bf16-torch && $PY -m benchmarks --device gpu --suite peers --dtype bfloat16 --frameworks jax --variants ours-fused,keras --phases forward,train_step --modes compiled --seq-lens 512 --repeats 5 --no-plots --out $OUT/peers-bf16-jax"
 )
 
@@ -56,10 +59,23 @@ ok = torch.cuda.is_available() and any(d.platform == "gpu" for d in jax.devices(
 sys.exit(0 if ok else "torch.cuda.is_available() or jax.devices() shows no GPU")
 EOF
 }
+has_gpus() {  # more than one GPU, for the mesh steps
+    $PY - <<'EOF'
+import sys
+import jax
+import torch
+n = min(torch.cuda.device_count(), sum(d.platform == "gpu" for d in jax.devices()))
+sys.exit(0 if n > 1 else f"needs more than one GPU, got {n}")
+EOF
+}
 
 for step in "${STEPS[@]}"; do
     IFS='|' read -r name limit cmd <<<"$step"
     if [ "$name" != versions ] && ! reason=$(has_gpu 2>&1); then
+        echo "skip: [$name] $reason" | tee -a "$OUT/skipped.txt"
+        continue
+    fi
+    if [ "${name#mesh-}" != "$name" ] && ! reason=$(has_gpus 2>&1); then
         echo "skip: [$name] $reason" | tee -a "$OUT/skipped.txt"
         continue
     fi

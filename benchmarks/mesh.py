@@ -5,6 +5,9 @@ case whose mesh spans several devices.
 that mesh: our encoder given to ``parallel.parallelize`` (the shared plan of
 ``shared/parallel.py``), the batch split along ``data``, the same train step, timed by the
 same harness (``benchmarks.harness.measure``) into the same :class:`~benchmarks.schema.Row`.
+``seq=N`` splits the sequence over N devices (context parallelism: every layer's attention
+runs over them, ``context=ring``, the default, or ``context=all_gather``; PyTorch's ranks
+take their rows of the sequence with ``parallel.slice_sequence``).
 Only the process layout differs, because a framework must be started for it:
 
 * JAX: one child process whose device count is set before JAX starts (on a CPU,
@@ -34,12 +37,13 @@ from typing import Any
 
 from shared import parallel as plan
 
-__all__ = ["MESH_AXES", "MeshSpec", "parse_mesh", "run_sharded"]
+__all__ = ["CONTEXTS", "MESH_AXES", "MeshSpec", "parse_mesh", "run_sharded"]
 
 MESH_AXES: tuple[str, ...] = plan.AXES  # the axes parallel.make_mesh takes, in its order
 _REPO = Path(__file__).resolve().parent.parent
 # the same fixed number of timed calls on every rank: larger than any budget could allow
 _NO_BUDGET_S = 1e18
+CONTEXTS = ("ring", "all_gather")  # context parallelism's methods (torch_impl/jax_impl context.py)
 CHILD_TIMEOUT_S = 1800  # a mesh row's child processes are ended after this long
 
 
@@ -50,10 +54,16 @@ class MeshSpec:
 
     axes: tuple[tuple[str, int], ...] = ()  # (axis, size > 1), in MESH_AXES order
     fsdp: bool = False
+    context: str = "ring"  # context parallelism's method on a seq axis > 1
 
     @classmethod
-    def of(cls, sizes: Mapping[str, int] | None = None, *, fsdp: bool = False) -> MeshSpec:
-        """From a mapping ``{axis: size}``; ``ValueError`` for an unknown axis or a size < 1."""
+    def of(
+        cls, sizes: Mapping[str, int] | None = None, *, fsdp: bool = False, context: str = "ring"
+    ) -> MeshSpec:
+        """From a mapping ``{axis: size}``; ``ValueError`` for an unknown axis, a size < 1 or
+        a context method other than those of :data:`CONTEXTS`."""
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
         sizes = dict(sizes or {})
         unknown = sorted(set(sizes) - set(MESH_AXES))
         if unknown:
@@ -61,7 +71,8 @@ class MeshSpec:
         bad = {a: n for a, n in sizes.items() if not isinstance(n, int) or n < 1}
         if bad:
             raise ValueError(f"mesh sizes must be integers >= 1, got {bad}")
-        return cls(tuple((a, sizes[a]) for a in MESH_AXES if sizes.get(a, 1) > 1), fsdp)
+        axes = tuple((a, sizes[a]) for a in MESH_AXES if sizes.get(a, 1) > 1)
+        return cls(axes, fsdp, context if sizes.get("seq", 1) > 1 else "ring")
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -78,29 +89,37 @@ class MeshSpec:
 
     @property
     def name(self) -> str:
-        """``"data=2,model=2,fsdp"``; empty for one device."""
+        """``"data=2,model=2,fsdp"``, ``"seq=2,context=ring"``; empty for one device."""
         parts = [f"{a}={n}" for a, n in self.axes] + (["fsdp"] if self.fsdp else [])
+        if self.sizes["seq"] > 1:
+            parts.append(f"context={self.context}")
         return ",".join(parts)
 
 
 def parse_mesh(text: str) -> MeshSpec:
-    """``"data=2,model=2"``, ``"data=2,fsdp"`` -> :class:`MeshSpec` (an argparse type)."""
+    """``"data=2,model=2"``, ``"data=2,fsdp"``, ``"seq=2,context=all_gather"`` ->
+    :class:`MeshSpec` (an argparse type)."""
     sizes: dict[str, int] = {}
     fsdp = False
-    expected = ",".join(f"{a}=N" for a in MESH_AXES) + "[,fsdp]"
+    context = "ring"
+    expected = ",".join(f"{a}=N" for a in MESH_AXES) + "[,fsdp][,context=ring|all_gather]"
     for part in (p.strip() for p in text.split(",") if p.strip()):
         axis, _, value = part.partition("=")
         if axis == "fsdp" and not value:
             fsdp = True
+        elif axis == "context" and value in CONTEXTS:
+            context = value
         elif axis in MESH_AXES and value.isdigit() and int(value) >= 1:
             sizes[axis] = int(value)
         else:
             raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected {expected}, got {part!r}")
-    return MeshSpec.of(sizes, fsdp=fsdp)
+    return MeshSpec.of(sizes, fsdp=fsdp, context=context)
 
 
 def collective_bytes(cfg, mesh: MeshSpec, *, batch: int, seq_len: int) -> int | None:
-    """Analytic bytes a train step hands to collectives, per device (None on one device)."""
+    """Analytic bytes a train step hands to collectives, per device (None on one device):
+    ``shared.parallel.collective_bytes``, plus ``context_bytes`` on a seq axis > 1 (float32;
+    positions counted as int64, PyTorch's: JAX sends int32 ones, 4 bytes a position less)."""
     if mesh.devices == 1:
         return None
     sizes = mesh.sizes
@@ -111,20 +130,38 @@ def collective_bytes(cfg, mesh: MeshSpec, *, batch: int, seq_len: int) -> int | 
         data=sizes["data"],
         model=sizes["model"],
         fsdp=mesh.fsdp,
+        seq=sizes["seq"],
     )
-    return int(sum(kinds.values()))
+    context = plan.context_bytes(
+        cfg,
+        batch=batch,
+        seq_len=seq_len,
+        seq=sizes["seq"],
+        method=mesh.context,
+        data=sizes["data"],
+        model=sizes["model"],
+    )
+    return int(sum(kinds.values()) + sum(context.values()))
 
 
-def check(mesh: MeshSpec, cfg, batch: int) -> None:
-    """``ValueError`` when ``batch`` or ``cfg`` cannot be split over ``mesh``."""
+def check(mesh: MeshSpec, cfg, batch: int, seq_len: int | None = None) -> None:
+    """``ValueError`` when ``batch``, ``seq_len`` or ``cfg`` cannot be split over ``mesh``
+    (PyTorch's context parallelism also refuses ``fsdp`` and image models)."""
     plan.check_batch(batch, mesh.sizes["data"])
     plan.check_model_split(cfg, mesh.sizes["model"])
     if mesh.sizes["seq"] > 1:
-        raise ValueError(
-            "the encoder does not run context-parallel "
-            "attention yet (torch_impl/context.py and jax_impl/context.py are attention-level "
-            "only), so a seq row would time the model replicated along seq; use seq=1"
-        )
+        if seq_len is not None:
+            plan.check_seq_split(seq_len, mesh.sizes["seq"])
+        if mesh.fsdp:
+            raise ValueError(
+                "PyTorch's context parallelism sums gradients over seq by parameter hooks, "
+                "which FSDP's sharded parameters bypass: expected no fsdp with seq > 1"
+            )
+        if cfg.image_size:
+            raise ValueError(
+                "context parallelism splits token sequences: expected a text model with "
+                f"seq > 1, got an image model (image_size={cfg.image_size})"
+            )
 
 
 # --- running a case on a mesh -----------------------------------------------------------------

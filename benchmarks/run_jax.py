@@ -261,7 +261,9 @@ class JaxRunner:
                 from jax_impl import parallel
 
                 mesh = parallel.make_mesh(**case.mesh.sizes)
-                model = parallel.parallelize(model, mesh, fsdp=case.mesh.fsdp)
+                model = parallel.parallelize(
+                    model, mesh, fsdp=case.mesh.fsdp, context=case.mesh.context
+                )
                 inputs = parallel.place_batch(ids, mesh)
             graphdef, params, rest = nnx.split(model, nnx.Param, ...)
             fn, args, donate = self._pure_function(case.phase, graphdef, params, rest, inputs)

@@ -259,8 +259,10 @@ class TorchRunner:
             from torch_impl import parallel
 
             mesh = parallel.make_mesh(**case.mesh.sizes)
-            model = parallel.parallelize(model, mesh, fsdp=case.mesh.fsdp)
-            input_ids = parallel.slice_batch(input_ids, mesh)
+            model = parallel.parallelize(
+                model, mesh, fsdp=case.mesh.fsdp, context=case.mesh.context
+            )
+            input_ids = parallel.slice_sequence(parallel.slice_batch(input_ids, mesh), mesh)
         fn = self._step_function(
             case.phase, model, input_ids, cfg.d_model, compiled=case.mode == "compiled"
         )

@@ -17,11 +17,16 @@ so attention runs one of two ways, inside ``jax.shard_map``:
   per block (Liu et al., "Ring Attention with Blockwise Transformers for Near-Infinite
   Context", 2023). Memory: two K, V blocks per device.
 
-Each K, V block travels with its keys' padding mask and global positions, so padding and
-causality are exact whichever device a block came from. A device holds its rows as
-``chunks`` contiguous runs of positions (2 in the load-balanced order); the ring computes
-each (query chunk, key chunk) pair separately and skips (``lax.cond``) pairs that causality
-masks entirely: that is what load balancing evens out across devices.
+Each K, V block travels with its keys' padding mask and global positions, so padding,
+causality and a sliding window (masks built from global positions) are exact whichever
+device a block came from. A device holds its rows as ``chunks`` contiguous runs of
+positions (2 in the load-balanced order); the ring computes each (query chunk, key chunk)
+pair separately and skips (``lax.cond``) pairs that causality (or the window) masks
+entirely: that is what load balancing evens out across devices. K and V may have fewer
+heads than Q (grouped-query attention): they travel with their own G heads.
+
+:class:`ContextParallel` is what ``jax_impl.parallel.parallelize`` gives a model's
+attention layers on a "seq" axis > 1.
 
 :func:`shard_attention` is the JAX idiom around them: global arrays in, ``jax.shard_map``
 over the mesh ("data" on the batch, "model" on the heads, "seq" on the sequence), global
@@ -33,6 +38,7 @@ in its jaxpr (:func:`count_collectives`).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 
 import jax
@@ -44,6 +50,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jax_impl import flash
 from jax_impl.flash import (
     accumulator_dtype,
+    check_window,
     flash_attention,
     flash_backward,
     flash_forward,
@@ -52,6 +59,7 @@ from jax_impl.flash import (
 from shared import parallel as plan
 
 __all__ = [
+    "ContextParallel",
     "all_gather_attention",
     "context_attention",
     "count_collectives",
@@ -63,6 +71,47 @@ __all__ = [
 METHODS = ("ring", "all_gather")
 
 
+@dataclasses.dataclass(frozen=True)
+class ContextParallel:
+    """How an encoder's attention runs over ``mesh``'s "seq" axis: ``method`` ("ring" or
+    "all_gather") and ``load_balance`` (the zig-zag order of ``shared.parallel.seq_positions``,
+    for causal attention). ``jax_impl.parallel.parallelize`` gives one to every
+    ``MultiHeadAttention`` of a model on a mesh whose "seq" is > 1.
+
+    JAX sees global arrays: positions, padding and the rest of the layer are the one-device
+    ones, and only attention runs per device, under :func:`shard_attention`.
+    """
+
+    mesh: Mesh
+    method: str = "ring"
+    load_balance: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+    def attend(self, q, k, v, mask=None, *, key_padding_mask=None, is_causal=False, window=None):
+        """q (B, H, T, hd), k, v (B, G, T, hd) whole -> (B, H, T, hd), as an attention
+        backend is called. A general ``mask`` is refused (ValueError): the ranks build their
+        masks from global positions, padding, causality and the window only."""
+        if mask is not None:
+            raise ValueError(
+                "context parallelism takes padding, causality and a window, not a general "
+                f"mask: expected mask=None, got a mask of shape {tuple(mask.shape)}"
+            )
+        return shard_attention(
+            q,
+            k,
+            v,
+            self.mesh,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            window=window,
+            method=self.method,
+            load_balance=self.load_balance,
+        )
+
+
 def shard_attention(
     q: jax.Array,
     k: jax.Array,
@@ -71,25 +120,30 @@ def shard_attention(
     *,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     method: str = "ring",
     load_balance: bool = False,
     block_q: int | None = None,
     block_k: int | None = None,
 ) -> jax.Array:
-    """Attention over ``mesh``'s "seq" axis: q, k, v (B, H, T, hd) whole -> (B, H, T, hd).
+    """Attention over ``mesh``'s "seq" axis: q (B, H, T, hd), k, v (B, G, T, hd) whole ->
+    (B, H, T, hd); G K/V heads dividing H (grouped-query attention).
 
     The sequence is put in the order of ``shared.parallel.seq_order`` (load-balanced if
     ``load_balance``), split over "seq" (the batch over "data", the heads over "model"),
     attended by :func:`context_attention` under ``jax.shard_map``, and put back in order.
-    ``key_padding_mask`` (B, T) True = real key. Raises ``ValueError`` when T, B or H do not
-    divide over the mesh.
+    ``key_padding_mask`` (B, T) True = real key; ``window``: keys |t - s| <= window only.
+    Raises ``ValueError`` when T, B, H or G do not divide over the mesh.
     """
     b, h, t, _ = q.shape
     world = mesh.shape["seq"]
     plan.check_seq_split(t, world, load_balance=load_balance)
     plan.check_batch(b, mesh.shape["data"])
-    if h % mesh.shape["model"] != 0:
-        raise ValueError(f"n_heads={h} is not divisible by the mesh's model={mesh.shape['model']}")
+    for what, heads in (("n_heads", h), ("n_kv_heads", k.shape[1])):
+        if heads % mesh.shape["model"] != 0:
+            raise ValueError(
+                f"{what}={heads} is not divisible by the mesh's model={mesh.shape['model']}"
+            )
     order = plan.seq_order(t, world, load_balance=load_balance)
     real = jnp.ones((b, t), dtype=bool) if key_padding_mask is None else key_padding_mask
     rows = PartitionSpec("data", "model", "seq", None)
@@ -97,6 +151,7 @@ def shard_attention(
         functools.partial(
             _attend_shard,
             is_causal=is_causal,
+            window=window,
             method=method,
             chunks=2 if load_balance else 1,
             block_q=block_q,
@@ -107,11 +162,13 @@ def shard_attention(
         out_specs=rows,
         check_vma=False,  # the flash kernel's loop carries start unvarying; values are per device
     )
+    if not load_balance:  # contiguous shards: the sequence is already in the ranks' order
+        return attend(q, k, v, real, jnp.asarray(order))
     out = attend(q[:, :, order], k[:, :, order], v[:, :, order], real[:, order], jnp.asarray(order))
     return out[:, :, np.argsort(order)]
 
 
-def _attend_shard(q, k, v, real, positions, *, is_causal, method, chunks, block_q, block_k):
+def _attend_shard(q, k, v, real, positions, *, is_causal, window, method, chunks, block_q, block_k):
     return context_attention(
         q,
         k,
@@ -119,6 +176,7 @@ def _attend_shard(q, k, v, real, positions, *, is_causal, method, chunks, block_
         positions=positions,
         key_padding_mask=real,
         is_causal=is_causal,
+        window=window,
         method=method,
         chunks=chunks,
         block_q=block_q,
@@ -134,6 +192,7 @@ def context_attention(
     positions: jax.Array,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     method: str = "ring",
     chunks: int = 1,
     axis_name: str = "seq",
@@ -141,12 +200,15 @@ def context_attention(
     block_k: int | None = None,
 ) -> jax.Array:
     """Attention of this device's queries to the whole sequence, inside ``jax.shard_map``:
-    q, k, v (B, H, T/W, hd) this device's rows -> (B, H, T/W, hd).
+    q (B, H, T/W, hd), k, v (B, G, T/W, hd) this device's rows -> (B, H, T/W, hd); G K/V
+    heads dividing H (grouped-query attention: K and V travel with G heads, not H).
 
     Args:
         positions: (T/W,) integers, the global position of each local row.
         key_padding_mask: optional (B, T/W) boolean, True = real key, for the local rows.
         is_causal: query at position t attends to keys at positions s <= t only.
+        window: optional int >= 1: query at position t attends to keys at positions
+            |t - s| <= window only (sliding window; global positions, as causality).
         method: "ring" (:func:`ring_attention`) or "all_gather" (:func:`all_gather_attention`).
         chunks: the local rows are this many contiguous runs of positions (2 in the
             load-balanced order); the ring skips (query, key) chunk pairs causality masks.
@@ -165,6 +227,7 @@ def context_attention(
         positions=positions,
         key_padding_mask=key_padding_mask,
         is_causal=is_causal,
+        window=window,
         chunks=chunks,
         axis_name=axis_name,
         block_q=block_q,
@@ -172,27 +235,45 @@ def context_attention(
     )
 
 
-def _check(q, k, v, positions, key_padding_mask, chunks) -> jax.Array:
-    """The local padding mask as (B, T/W) booleans (all True if None); ValueError on shapes."""
-    b, _, t, _ = q.shape
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must share one shape, got {q.shape}, {k.shape}, {v.shape}")
+def _arguments(q, k, v, positions, key_padding_mask, chunks, window, block_q, block_k):
+    """Both algorithms' argument handling, in one place: ValueError on shapes, chunks, window
+    or block sizes; returns ``(real, block_q, block_k)``: the local padding mask as (B, T/W)
+    booleans (all True if None) and the block sizes (the flash kernel's by default)."""
+    b, h, t, hd = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (t, hd) or h % k.shape[1]:
+        raise ValueError(
+            f"q (B, H, T, hd) and k, v (B, G, T, hd) with G dividing H expected, got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if tuple(positions.shape) != (t,):
         raise ValueError(f"positions must have shape ({t},), got {tuple(positions.shape)}")
     if chunks < 1 or t % chunks != 0:
         raise ValueError(f"the {t} local rows must divide into chunks={chunks} runs")
+    if window is not None:
+        check_window(window)
+    block_q = flash.BLOCK_Q if block_q is None else block_q
+    block_k = flash.BLOCK_K if block_k is None else block_k
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
     if key_padding_mask is None:
-        return jnp.ones((b, t), dtype=bool)
+        return jnp.ones((b, t), dtype=bool), block_q, block_k
     if tuple(key_padding_mask.shape) != (b, t):
         raise ValueError(
             f"key_padding_mask must have shape ({b}, {t}), got {tuple(key_padding_mask.shape)}"
         )
-    return key_padding_mask.astype(bool)
+    return key_padding_mask.astype(bool), block_q, block_k
 
 
-def causal_mask(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
-    """(1, 1, Tq, Tk) booleans: key position <= query position."""
-    return (k_positions[None, :] <= q_positions[:, None])[None, None]
+def position_mask(q_positions, k_positions, is_causal: bool, window: int | None):
+    """(1, 1, Tq, Tk) booleans from global positions: key position <= query position if
+    ``is_causal``, and |query - key| <= ``window`` with a window; None if neither."""
+    if not is_causal and window is None:
+        return None
+    t, s = q_positions[:, None], k_positions[None, :]
+    allowed = (s <= t) | (not is_causal)  # (Tq, Tk)
+    if window is not None:
+        allowed = allowed & (jnp.abs(t - s) <= window)
+    return allowed[None, None]
 
 
 def merge_partial(o_a, lse_a, o_b, lse_b):
@@ -208,15 +289,28 @@ def merge_partial(o_a, lse_a, o_b, lse_b):
     return w_a[..., None] * o_a + w_b[..., None] * o_b, lse
 
 
-def _pairs(q_pos, k_pos, chunks: int, is_causal: bool):
+def _pairs(q_pos, k_pos, chunks: int, is_causal: bool, window: int | None):
     """The (query chunk, key chunk) row slices, each with whether to compute it (a traced
-    boolean; True if not causal): causal skips a pair whose first key comes after its last
-    query."""
+    boolean; True if neither causal nor windowed): causal skips a pair whose first key comes
+    after its last query, a window one whose keys are all farther than ``window`` from all
+    its queries."""
     n = q_pos.shape[0] // chunks
     runs = [slice(c * n, (c + 1) * n) for c in range(chunks)]
     for qs in runs:
         for ks in runs:
-            yield qs, ks, (k_pos[ks].min() <= q_pos[qs].max()) if is_causal else True
+            k_lo, k_hi, q_lo, q_hi = (
+                k_pos[ks].min(),
+                k_pos[ks].max(),
+                q_pos[qs].min(),
+                q_pos[qs].max(),
+            )
+            visible = True
+            if is_causal:
+                visible = k_lo <= q_hi
+            if window is not None:
+                near = (k_lo <= q_hi + window) & (k_hi >= q_lo - window)
+                visible = near if visible is True else visible & near
+            yield qs, ks, visible
 
 
 def _ring_step(tensors: list[jax.Array], axis_name: str) -> list[jax.Array]:
@@ -245,7 +339,7 @@ def _no_gradients(q, k, v, out, lse, d_out, mask, real):
     return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)
 
 
-def ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k):
+def ring_forward(q, k, v, real, positions, is_causal, window, chunks, axis_name, block_q, block_k):
     """The ring's forward. Returns ``(O (B, H, T/W, hd), L (B, H, T/W))`` in float32 (float64
     for float64 inputs), L = +inf for a query with no key, as ``flash_forward``'s.
 
@@ -262,8 +356,8 @@ def ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q
     block = [k.astype(acc), v.astype(acc), real, positions]
     for step in range(world):  # step 2
         k_j, v_j, real_j, pos_j = block
-        for qs, ks, visible in _pairs(positions, pos_j, chunks, is_causal):
-            mask = causal_mask(positions[qs], pos_j[ks]) if is_causal else None
+        for qs, ks, visible in _pairs(positions, pos_j, chunks, is_causal, window):
+            mask = position_mask(positions[qs], pos_j[ks], is_causal, window)
             o_ij, lse_ij = _when(
                 visible,
                 functools.partial(flash_forward, is_causal=False, block_q=block_q, block_k=block_k),
@@ -278,7 +372,9 @@ def ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q
     return out, jnp.where(jnp.isfinite(lse), lse, jnp.inf)
 
 
-def ring_backward(q, k, v, out, lse, d_out, real, positions, is_causal, chunks, axis_name, bq, bk):
+def ring_backward(
+    q, k, v, out, lse, d_out, real, positions, is_causal, window, chunks, axis_name, bq, bk
+):
     """The ring's backward. Returns ``(dQ, dK, dV)`` of this device's rows, in float32 (float64).
 
     1. dQ = 0; the block (K, V, real keys, positions) is this device's own, with dK = dV = 0.
@@ -296,8 +392,8 @@ def ring_backward(q, k, v, out, lse, d_out, real, positions, is_causal, chunks, 
     for step in range(world):  # step 2
         k_j, v_j, real_j, pos_j = block
         dk_j, dv_j = grads
-        for qs, ks, visible in _pairs(positions, pos_j, chunks, is_causal):
-            mask = causal_mask(positions[qs], pos_j[ks]) if is_causal else None
+        for qs, ks, visible in _pairs(positions, pos_j, chunks, is_causal, window):
+            mask = position_mask(positions[qs], pos_j[ks], is_causal, window)
             dq_ij, dk_ij, dv_ij = _when(
                 visible,
                 functools.partial(flash_backward, is_causal=False, block_q=bq, block_k=bk),
@@ -316,24 +412,43 @@ def ring_backward(q, k, v, out, lse, d_out, real, positions, is_causal, chunks, 
     return dq, grads[0], grads[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _ring_attention(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k):
-    out, _ = ring_forward(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
+def _ring_attention(
+    q, k, v, real, positions, is_causal, window, chunks, axis_name, block_q, block_k
+):
+    out, _ = ring_forward(
+        q, k, v, real, positions, is_causal, window, chunks, axis_name, block_q, block_k
+    )
     return out.astype(v.dtype)
 
 
-def _ring_attention_fwd(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k):
+def _ring_attention_fwd(
+    q, k, v, real, positions, is_causal, window, chunks, axis_name, block_q, block_k
+):
     """Saves Q, K, V, O and L of this device's rows; the backward runs the ring again."""
     out, lse = ring_forward(
-        q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k
+        q, k, v, real, positions, is_causal, window, chunks, axis_name, block_q, block_k
     )
     return out.astype(v.dtype), (q, k, v, out, lse, real, positions)
 
 
-def _ring_attention_bwd(is_causal, chunks, axis_name, block_q, block_k, saved, d_out):
+def _ring_attention_bwd(is_causal, window, chunks, axis_name, block_q, block_k, saved, d_out):
     q, k, v, out, lse, real, positions = saved
     dq, dk, dv = ring_backward(
-        q, k, v, out, lse, d_out, real, positions, is_causal, chunks, axis_name, block_q, block_k
+        q,
+        k,
+        v,
+        out,
+        lse,
+        d_out,
+        real,
+        positions,
+        is_causal,
+        window,
+        chunks,
+        axis_name,
+        block_q,
+        block_k,
     )
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
@@ -349,6 +464,7 @@ def ring_attention(
     positions: jax.Array,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     chunks: int = 1,
     axis_name: str = "seq",
     block_q: int | None = None,
@@ -359,11 +475,13 @@ def ring_attention(
     Forward: W - 1 ring steps (K, V, padding mask, positions); backward: W steps (the same,
     then dK and dV home). Padded keys are zeroed first (``hide_masked_keys``).
     """
-    real = _check(q, k, v, positions, key_padding_mask, chunks)
+    real, block_q, block_k = _arguments(
+        q, k, v, positions, key_padding_mask, chunks, window, block_q, block_k
+    )
     k, v = hide_masked_keys(k, v, None, real, is_causal=False, q_len=q.shape[2])
-    block_q = flash.BLOCK_Q if block_q is None else block_q
-    block_k = flash.BLOCK_K if block_k is None else block_k
-    return _ring_attention(q, k, v, real, positions, is_causal, chunks, axis_name, block_q, block_k)
+    return _ring_attention(
+        q, k, v, real, positions, is_causal, window, chunks, axis_name, block_q, block_k
+    )
 
 
 def all_gather_attention(
@@ -374,6 +492,7 @@ def all_gather_attention(
     positions: jax.Array,
     key_padding_mask: jax.Array | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     chunks: int = 1,
     axis_name: str = "seq",
     block_q: int | None = None,
@@ -386,12 +505,14 @@ def all_gather_attention(
     Forward: 4 all-gathers (K, V, padding mask, positions); backward: 2 reduce-scatters
     (dK, dV), by autodiff.
     """
-    real = _check(q, k, v, positions, key_padding_mask, chunks)
-    k_all = lax.all_gather(k, axis_name, axis=2, tiled=True)  # (B, H, T, hd)
+    real, block_q, block_k = _arguments(
+        q, k, v, positions, key_padding_mask, chunks, window, block_q, block_k
+    )
+    k_all = lax.all_gather(k, axis_name, axis=2, tiled=True)  # (B, G, T, hd)
     v_all = lax.all_gather(v, axis_name, axis=2, tiled=True)
     real_all = lax.all_gather(real, axis_name, axis=1, tiled=True)  # (B, T)
     pos_all = lax.all_gather(positions, axis_name, axis=0, tiled=True)  # (T,)
-    mask = causal_mask(positions, pos_all) if is_causal else None
+    mask = position_mask(positions, pos_all, is_causal, window)
     return flash_attention(
         q, k_all, v_all, mask, key_padding_mask=real_all, block_q=block_q, block_k=block_k
     )

@@ -6,6 +6,10 @@ Mirrors ``torch_impl/parallel.py``. Three steps, as in PyTorch::
     parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
     h = model(parallel.place_batch(input_ids, mesh))  # the global batch, split over "data"
 
+On a mesh whose "seq" is > 1, ``parallelize(model, mesh, context="ring" | "all_gather",
+load_balance=...)`` also makes every layer's attention context-parallel
+(:func:`context_parallel`): the batch stays global, and only attention runs per device.
+
 ``export_weights`` and ``save`` are ``jax_impl``'s own (they work on sharded models too),
 re-exported here.
 
@@ -40,12 +44,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jax_impl import context
 from jax_impl.encoder import TransformerEncoder
 from jax_impl.weights import export_weights, from_weights, parameter_table, save
 from shared import parallel as plan
 from shared import weights as v1
 
 __all__ = [
+    "context_parallel",
     "export_weights",
     "initialize",
     "load",
@@ -163,11 +169,22 @@ def make_mesh(*, data: int = 1, model: int = 1, seq: int = 1) -> Mesh:
     )
 
 
-def parallelize(model: nnx.Module, mesh: Mesh, *, fsdp: bool = False) -> nnx.Module:
+def parallelize(
+    model: nnx.Module,
+    mesh: Mesh,
+    *,
+    fsdp: bool = False,
+    context: str = "ring",
+    load_balance: bool = False,
+) -> nnx.Module:
     """Shard ``model``'s parameters over ``mesh`` by the shared plan, in place; returns it.
 
     ``model`` is a :class:`~jax_impl.encoder.TransformerEncoder` or a module holding one as
-    ``.encoder`` (the task models of ``jax_impl/train.py``).
+    ``.encoder`` (the task models of ``jax_impl/train.py``). On a mesh whose "seq" axis is
+    > 1, every layer's attention runs over the sequence split across it (context
+    parallelism, :func:`context_parallel`): ``context`` "ring" or "all_gather",
+    ``load_balance`` the zig-zag order (for causal attention; T must divide into 2 seq
+    chunks). ValueError naming the choices for another ``context``.
     """
     encoder = model if isinstance(model, TransformerEncoder) else model.encoder
     _check(encoder, mesh)
@@ -180,6 +197,7 @@ def parallelize(model: nnx.Module, mesh: Mesh, *, fsdp: bool = False) -> nnx.Mod
         axes = plan.spec(name, param.shape, fsdp=fsdp, data=data, model=tp)
         sharding = NamedSharding(mesh, PartitionSpec(*axes))
         param.set_value(_put(param.get_value(), sharding))
+    context_parallel(model, mesh, method=context, load_balance=load_balance)
     return model
 
 
@@ -258,3 +276,18 @@ def load(
     """A format-v1 checkpoint (from either framework) loaded straight onto ``mesh``."""
     weights, cfg = v1.load_file(path)
     return parallelize(from_weights(weights, cfg, backend=backend), mesh, fsdp=fsdp)
+
+
+def context_parallel(
+    model: nnx.Module, mesh: Mesh, *, method: str = "ring", load_balance: bool = False
+) -> None:
+    """Give every attention of ``model`` (an encoder or a module holding one as ``.encoder``)
+    a ``context.ContextParallel`` over ``mesh``'s "seq"
+    axis (none when it is 1). Inputs stay global arrays: positions (learned, sinusoidal,
+    RoPE), padding and causality are the one-device ones, and inside each attention
+    ``context.shard_attention`` splits the sequence over "seq" (in load-balanced order if
+    ``load_balance``) and gives each device its queries against every key."""
+    encoder = model if isinstance(model, TransformerEncoder) else model.encoder
+    plan_ = context.ContextParallel(mesh, method=method, load_balance=load_balance)
+    for layer in encoder.encoder.layers:
+        layer.attention.context_parallel = plan_ if mesh.shape["seq"] > 1 else None

@@ -10,10 +10,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jax_impl import context, parallel
 from jax_impl.flash import flash_attention
-from parity_tests.context_torch_workers import BLOCK, CASES, inputs
+from jax_impl.weights import from_weights
+from parity_tests.context_torch_workers import (
+    BLOCK,
+    CASES,
+    CONFIGS,
+    MODEL_CASES,
+    inputs,
+    model_inputs,
+    model_weights,
+)
 from shared.tolerances import assert_close, tolerance
 
 F32 = tolerance("float32")
@@ -97,3 +107,67 @@ def test_bad_splits_name_what_was_expected_and_what_was_got():
         context.shard_attention(q, q, q, parallel.make_mesh(seq=2), method="tree")
     with pytest.raises(ValueError, match=r"mesh data=1 x model=1 x seq=8 needs 8 devices, got 4"):
         parallel.make_mesh(seq=8)
+
+
+@functools.cache
+def _one_device_encoder(name: str):
+    return _encoder_with_gradients(name, None)
+
+
+def _encoder_with_gradients(name: str, mesh):
+    """h (B, T, D) and the gradients of sum(h * w) of a model case's encoder, jitted; on
+    ``mesh`` (parallelized, inputs placed on "data") or, with None, on one device."""
+    config, method, load_balance, causal, _ = MODEL_CASES[name]
+    cfg = CONFIGS[config]
+    ids, mask, w = model_inputs(cfg)
+    model = from_weights(model_weights(cfg), cfg)
+    if mesh is not None:
+        parallel.parallelize(model, mesh, context=method, load_balance=load_balance)
+        ids, mask, w = parallel.place_batch((ids, mask, w), mesh)
+
+    def loss(model, ids, mask, w):
+        h = model(ids, mask, is_causal=causal)
+        return (h * w).sum(), h
+
+    (_, h), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model, ids, mask, w)
+    return np.asarray(h), {
+        jax.tree_util.keystr(path): np.asarray(g)
+        for path, g in jax.tree_util.tree_leaves_with_path(grads)
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "seq"),
+    [
+        ("model-ring-plain-full", 2, 2),
+        ("model-all_gather-lb-causal", 1, 2),
+        ("modern-ring-lb-causal", 1, 2),
+    ],
+)
+def test_encoder_on_a_seq_mesh_equals_one_device(name, data, seq):
+    """A whole encoder parallelized with ``context=`` (ring or all-gather, load-balanced
+    causal or contiguous full, ragged padding; the modern case with RoPE, GQA and a sliding
+    window): h and every parameter's gradient against one device, and each program holds
+    the collectives of its method."""
+    want_h, want_grads = _one_device_encoder(name)
+    got_h, got_grads = _encoder_with_gradients(name, parallel.make_mesh(data=data, seq=seq))
+    what = f"{name}, data={data} x seq={seq}"
+    assert_close(got_h, want_h, F32, f"h, {what}")
+    assert sorted(got_grads) == sorted(want_grads)
+    for key, want in want_grads.items():
+        assert_close(got_grads[key], want, F32, f"grad {key}, {what}")
+
+
+def test_encoder_refuses_what_context_parallelism_cannot_honour():
+    cfg = CONFIGS["model"]
+    ids, mask, _ = model_inputs(cfg)
+    model = from_weights(model_weights(cfg), cfg)
+    with pytest.raises(ValueError, match="method must be one of"):
+        parallel.parallelize(model, parallel.make_mesh(seq=2), context="tree")
+    parallel.parallelize(model, parallel.make_mesh(seq=2))
+    with pytest.raises(ValueError, match="never forms the"):
+        model(ids, mask, return_attention=True)
+    with pytest.raises(ValueError, match="not a general mask: expected mask=None"):
+        model(ids, mask, mask=np.ones((1, 1, 16, 16), dtype=bool))
+    with pytest.raises(ValueError, match="seq_len=13 is not divisible by the mesh's seq=2"):
+        model(ids[:, :13], mask[:, :13])

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared import EncoderConfig, reference
+from shared import parallel as plan
 from torch_impl import context, parallel
+from torch_impl.weights import from_weights
 
 B, H, T, HD = 2, 2, 16, 8  # d_model 16 in 2 heads
 BLOCK = 3  # flash blocks that do not divide the chunks: partial blocks too
@@ -30,6 +33,44 @@ def inputs(seed: int = 0, t: int = T, ragged: bool = True):
     if ragged:
         real[1, 11:] = False
     return q, k, v, w, real
+
+
+# Whole encoders: a 2-layer post-norm one with sinusoidal positions, and a modern one (RoPE,
+# grouped-query attention, a sliding-window layer, RMSNorm, pre-norm, SwiGLU).
+MODEL = EncoderConfig(
+    vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=32, dropout=0.0
+)
+MODERN = EncoderConfig(
+    vocab_size=50, d_model=32, n_heads=4, n_kv_heads=2, d_ff=32, n_layers=2, max_len=32,
+    dropout=0.0, positional="rope", norm="rms_norm", norm_bias=False, norm_first=True,
+    final_norm=True, gated_ffn=True, activation="silu", attention_bias=False, mlp_bias=False,
+    mlp_out_bias=False, sliding_window=3, layer_types=("sliding_attention", "full_attention"),
+)  # fmt: skip
+CONFIGS = {"model": MODEL, "modern": MODERN}
+ROBERTA = MODEL.replace(positional="learned", position_pad_id=1)  # positions counted past pads
+# name: (config, method, load balancing, causal, seq sizes of the PyTorch launches that run
+# it); context_jax_cases.py runs them all but the seq=4 one, with data=2 x seq=2 once
+MODEL_CASES = {
+    "model-ring-plain-full": ("model", "ring", False, False, (2,)),
+    "model-all_gather-lb-causal": ("model", "all_gather", True, True, (2,)),
+    "model-ring-lb-causal": ("model", "ring", True, True, (4,)),
+    "modern-ring-lb-causal": ("modern", "ring", True, True, (2,)),
+}
+
+
+def model_inputs(cfg: EncoderConfig, seed: int = 0):
+    """input_ids (B, T), attention_mask (B, T) (sequence 1 with 11 real tokens: padding
+    crosses shards) and the weights w (B, T, D) of the loss sum(h * w)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), dtype=bool)
+    mask[1, 11:] = False
+    w = rng.standard_normal((B, T, cfg.d_model)).astype(np.float32)
+    return ids, mask, w
+
+
+def model_weights(cfg: EncoderConfig) -> dict[str, np.ndarray]:
+    return reference.init_weights(cfg, seed=0)
 
 
 def case_name(method: str, load_balance: bool, causal: bool) -> str:
@@ -91,6 +132,9 @@ def run_cases(rank: int, folder: str, seq: int) -> None:
         name = f"work-{'lb' if load_balance else 'plain'}"
         _attend(folder, rank, mesh, name, "ring", load_balance, True, t=32, ragged=False)
     _bad_inputs(folder, rank, mesh, seq)
+    for name, (config, method, load_balance, causal, sizes) in MODEL_CASES.items():
+        if seq in sizes:
+            _encoder(folder, rank, mesh, name, CONFIGS[config], method, load_balance, causal)
     if seq == 4:
         for data, model in ((2, 1), (1, 2)):
             mesh = parallel.make_mesh(data=data, model=model, seq=2)
@@ -102,6 +146,8 @@ def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
     """The ValueError of each bad split or argument, written down for the test."""
     group = mesh["seq"].get_group()
     x = torch.zeros(B, H, 2 * seq + 2, HD)
+    ids = np.zeros((B, T // seq), dtype=np.int64)  # this rank's rows
+    whole = np.ones((1, 1, T // seq, T // seq), dtype=bool)
     positions = torch.arange(2)
     cases = {
         "split": lambda: context.slice_sequence(x, group, dim=2, load_balance=True),
@@ -112,6 +158,11 @@ def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
             x[:, :, :2], x[:, :, :2], x[:, :, :2], positions=torch.arange(3), group=group
         ),
         "mesh": lambda: parallel.make_mesh(seq=2 * seq),
+        "weights": lambda: _parallel_encoder(MODEL, mesh)(ids, return_attention=True),
+        "general_mask": lambda: _parallel_encoder(MODEL, mesh)(ids, mask=whole),
+        "pad_positions": lambda: _parallel_encoder(ROBERTA, mesh)(ids),
+        "fsdp": lambda: _parallel_encoder(MODEL, mesh, fsdp=True),
+        "context": lambda: _parallel_encoder(MODEL, mesh, context="tree"),
     }
     messages = {}
     for name, case in cases.items():
@@ -121,3 +172,34 @@ def _bad_inputs(folder: str, rank: int, mesh, seq: int) -> None:
             messages[name] = str(error)
     if rank == 0:
         np.savez(Path(folder) / "errors.npz", **messages)
+
+
+def _encoder(folder, rank, mesh, name, cfg, method, load_balance, causal):
+    """A whole encoder parallelized on ``mesh``: this rank's rows of the output, and (rank 0)
+    every parameter's gradient of sum(h * w) (summed over the seq group by parallelize's
+    hooks)."""
+    ids, mask, w = model_inputs(cfg)
+    model = from_weights(model_weights(cfg), cfg)
+    parallel.parallelize(model, mesh, context=method, load_balance=load_balance)
+    local = parallel.slice_sequence(
+        {"ids": ids, "mask": mask, "w": w}, mesh, load_balance=load_balance
+    )
+    before = dict(context.COUNTS)
+    h = model(local["ids"], local["mask"], is_causal=causal)  # (B, T/W, D)
+    forward = context.COUNTS["bytes"] - before.get("bytes", 0)
+    (h * torch.from_numpy(local["w"])).sum().backward()
+    backward = context.COUNTS["bytes"] - before.get("bytes", 0) - forward
+    seq, seq_rank = mesh["seq"].size(), mesh["seq"].get_local_rank()
+    grads = {f"grad:{n}": p.grad.numpy() for n, p in model.named_parameters()}
+    np.savez(
+        Path(folder) / f"{name}-{rank}.npz",
+        positions=plan.seq_positions(T, seq, seq_rank, load_balance=load_balance),
+        h=h.detach().numpy(),
+        forward_bytes=forward,
+        backward_bytes=backward,
+        **(grads if rank == 0 else {}),
+    )
+
+
+def _parallel_encoder(cfg, mesh, **options):
+    return parallel.parallelize(from_weights(model_weights(cfg), cfg), mesh, **options)

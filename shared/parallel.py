@@ -71,6 +71,7 @@ __all__ = [
     "check_model_split",
     "check_seq_split",
     "collective_bytes",
+    "context_bytes",
     "rules",
     "seq_order",
     "seq_positions",
@@ -259,8 +260,13 @@ def collective_bytes(
     fsdp: bool = False,
     phase: str = "train_step",
     bytes_per_element: int = 4,
+    seq: int = 1,
 ) -> dict[str, int]:
     """Analytic bytes that one step hands to collectives, per device (payload sizes).
+
+    With ``seq`` > 1 a device holds T/seq positions (the activations below are that long),
+    the "seq" ranks' gradients are reduced with the "data" ranks', and context parallelism's
+    own traffic is :func:`context_bytes`.
 
     * ``tp_activations``: tensor parallelism all-reduces one (B/data, T, D) activation after
       attention and one after the feed-forward block, per layer, forward; the backward pass
@@ -277,13 +283,69 @@ def collective_bytes(
     if phase not in ("forward", "forward_backward", "train_step"):
         raise ValueError(f"phase={phase!r} must be forward, forward_backward or train_step")
     backward = phase != "forward"
-    activation = (batch // data) * seq_len * cfg.d_model * bytes_per_element
+    activation = (batch // data) * (seq_len // seq) * cfg.d_model * bytes_per_element
     per_pass = 2 * cfg.n_layers * activation if model > 1 else 0
     params = _parameter_elements_per_model_rank(cfg, model) * bytes_per_element
     return {
         "tp_activations": per_pass * (2 if backward else 1),
-        "dp_gradients": params if backward and data > 1 else 0,
+        "dp_gradients": params if backward and data * seq > 1 else 0,
         "fsdp_params": params * (2 if backward else 1) if fsdp and data > 1 else 0,
+    }
+
+
+def context_bytes(
+    cfg: EncoderConfig,
+    *,
+    batch: int,
+    seq_len: int,
+    seq: int,
+    method: str = "ring",
+    data: int = 1,
+    model: int = 1,
+    phase: str = "train_step",
+    bytes_per_element: int = 4,
+    index_bytes: int = 8,
+) -> dict[str, int]:
+    """Analytic bytes that context parallelism hands to collectives in one step, per device:
+    ``{"forward": ..., "backward": ...}`` (backward 0 for ``phase="forward"``), over all
+    layers, without activation checkpointing (which runs the forward's again).
+
+    A device holds b = B/data sequences, g = n_kv_heads/model K/V heads of hd features, and
+    n = T/seq positions; W = seq. Per layer:
+
+    * ``"ring"``: W - 1 steps pass a block (K, V: 2 b g n hd elements; the key padding mask:
+      b n bytes; the positions: n ``index_bytes``) to the next device; the backward passes
+      the same W - 1 blocks and, at each of W steps, the block's dK and dV. K, V, dK and dV
+      travel in the accumulator dtype (float32, float64 for float64): 4 bytes for bfloat16.
+      A step's payload is what it sends.
+    * ``"all_gather"``: the forward gathers K, V (in the inputs' dtype), the padding mask and
+      the positions of the whole sequence (payload: the gathered W n rows); the backward
+      reduce-scatters dK and dV of the whole sequence (JAX; PyTorch on gloo all-reduces the
+      same payload, which sends twice the bytes).
+
+    Sent per device: a ring step sends its payload; an all-gather or reduce-scatter of
+    payload N sends (W - 1)/W N, so both methods send (W - 1) blocks forward.
+    ``index_bytes``: 8 for PyTorch's int64 positions, 4 for JAX's int32.
+    """
+    if phase not in ("forward", "forward_backward", "train_step"):
+        raise ValueError(f"phase={phase!r} must be forward, forward_backward or train_step")
+    if method not in ("ring", "all_gather"):
+        raise ValueError(f"method must be one of ('ring', 'all_gather'), got {method!r}")
+    if seq == 1:
+        return {"forward": 0, "backward": 0}
+    b, g, n = batch // data, cfg.kv_heads // model, seq_len // seq
+    kv = 2 * b * g * n * cfg.head_dim  # elements of K and V (or dK and dV) of n positions
+    if method == "ring":
+        acc = 8 if bytes_per_element == 8 else 4
+        block = kv * acc + b * n + n * index_bytes
+        forward = (seq - 1) * block
+        backward = (seq - 1) * block + seq * kv * acc
+    else:
+        forward = seq * (kv * bytes_per_element + b * n + n * index_bytes)
+        backward = seq * kv * bytes_per_element
+    return {
+        "forward": cfg.n_layers * forward,
+        "backward": cfg.n_layers * backward if phase != "forward" else 0,
     }
 
 

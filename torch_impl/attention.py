@@ -224,6 +224,9 @@ class MultiHeadAttention(nn.Module):
     ``"fused"`` :func:`fused_attention`, ``"flash"`` :func:`flash_attention` (same numbers,
     tested). A call with ``return_attention=True`` always runs the math path, because the
     fused and flash backends do not produce the weights; :meth:`runs` says which one runs.
+    On a mesh whose "seq" axis is > 1, ``parallelize`` sets ``context_parallel`` (a
+    ``context.ContextParallel``): attention then runs over the sequence split across that
+    axis (ring or all-gather), and ``return_attention`` and a general ``mask`` are errors.
     """
 
     def __init__(
@@ -249,6 +252,7 @@ class MultiHeadAttention(nn.Module):
         self.backend = backend
         self.attend = ATTENTION[backend]
         self.rope_interleaved = rope_interleaved
+        self.context_parallel = None  # a ContextParallel, set by parallelize on a seq axis > 1
         width, kv_width = n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.q = linear(d_model, width, dtype=dtype, bias=bias)
         self.k = linear(d_model, kv_width, dtype=dtype, bias=bias)
@@ -285,6 +289,11 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         s = context.shape[1]
         h, hd = self.n_heads, self.head_dim
+        if return_attention and self.context_parallel is not None:
+            raise ValueError(
+                "context parallelism never forms the (T, T) weights: expected "
+                "return_attention=False on a model parallelized over a seq axis > 1"
+            )
         if mask is not None:
             check_mask_shape(tuple(mask.shape), dtype_kind(mask), b=b, h=h, t=t, s=s)
         if key_padding_mask is not None:
@@ -309,6 +318,8 @@ class MultiHeadAttention(nn.Module):
         if return_attention:
             mask = combine_masks(mask, **masks, q=q, k=k)
             out, weights = scaled_dot_product_attention(q, k, v, mask)
+        elif self.context_parallel is not None:  # the "seq" axis's ranks attend together
+            out, weights = self.context_parallel.attend(q, k, v, mask, **masks), None
         else:
             out, weights = self.attend(q, k, v, mask, **masks), None
 

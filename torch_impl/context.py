@@ -17,20 +17,28 @@ so attention runs one of two ways:
   (Liu et al., "Ring Attention with Blockwise Transformers for Near-Infinite Context", 2023).
   Memory: two K, V blocks per rank.
 
-Each K, V block travels with its keys' padding mask and global positions, so padding and
-causality are exact whichever rank a block came from. A rank holds its rows as ``chunks``
-contiguous runs of positions (2 in the load-balanced order); the ring computes each (query
-chunk, key chunk) pair separately and skips pairs that causality masks entirely: that is
-what load balancing evens out across ranks (the counts are in :data:`COUNTS`).
+Each K, V block travels with its keys' padding mask and global positions, so padding,
+causality and a sliding window (masks built from global positions) are exact whichever
+rank a block came from. A rank holds its rows as ``chunks`` contiguous runs of positions (2
+in the load-balanced order); the ring computes each (query chunk, key chunk) pair
+separately and skips pairs that causality (or the window) masks entirely: that is what load
+balancing evens out across ranks (the counts are in :data:`COUNTS`). K and V may have fewer
+heads than Q (grouped-query attention): they travel with their own G heads.
+
+:class:`ContextParallel` is what ``torch_impl.parallel.parallelize`` gives a model's
+attention layers on a "seq" axis > 1.
 
 Counts: every collective step this process issues adds to :data:`COUNTS` (``"ring_step"``:
-one ``batch_isend_irecv``; ``"all_gather"``, ``"all_reduce"``: one call) and every score
-entry computed to ``"scores"``.
+one ``batch_isend_irecv``; ``"all_gather"``, ``"all_reduce"``: one call), its payload to
+``"bytes"`` (what a ring step sends; the whole gathered or reduced tensor of an all-gather
+or all-reduce, as ``shared.parallel.context_bytes`` counts them), and every score entry
+computed to ``"scores"``.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 
 import torch
@@ -40,6 +48,7 @@ from shared import parallel as plan
 from torch_impl import flash
 from torch_impl.flash import (
     accumulator_dtype,
+    check_window,
     flash_attention,
     flash_backward,
     flash_forward,
@@ -48,6 +57,7 @@ from torch_impl.flash import (
 
 __all__ = [
     "COUNTS",
+    "ContextParallel",
     "all_gather_attention",
     "context_attention",
     "merge_partial",
@@ -58,6 +68,69 @@ __all__ = [
 COUNTS: collections.Counter = collections.Counter()
 
 METHODS = ("ring", "all_gather")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextParallel:
+    """How an encoder's attention runs over a "seq" process ``group``: ``method`` ("ring" or
+    "all_gather") and ``load_balance`` (the zig-zag order of ``shared.parallel.seq_positions``,
+    for causal attention). ``torch_impl.parallel.parallelize`` gives one to every
+    ``MultiHeadAttention`` of a model on a mesh whose "seq" is > 1, and to the model (for
+    its positions).
+
+    PyTorch ranks hold their own rows (:func:`slice_sequence`): the model's default
+    positions are each row's global one (:meth:`position_ids`), and attention runs
+    :func:`context_attention` on them.
+    """
+
+    group: object
+    method: str = "ring"
+    load_balance: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+    def positions(self, t: int, device=None) -> torch.Tensor:
+        """(t,) int64: the global positions of this rank's t rows of a T = t W sequence."""
+        world, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        positions = plan.seq_positions(t * world, world, rank, load_balance=self.load_balance)
+        return torch.as_tensor(positions, device=device)
+
+    def position_ids(self, cfg, input_ids) -> torch.Tensor:
+        """(1, T/W) int64 on the CPU, the model's default positions of this rank's rows of
+        ``input_ids`` (B, T/W): each row's global position. ValueError for RoBERTa's positions
+        (``position_pad_id``): they count the real tokens of the whole sequence, so the
+        call must pass them (``position_ids``, sliced as the inputs)."""
+        if cfg.position_pad_id is not None:
+            raise ValueError(
+                f"position_pad_id={cfg.position_pad_id} counts positions over the whole "
+                "sequence: under context parallelism pass position_ids (this rank's rows of "
+                "the whole sequence's), expected position_ids, got None"
+            )
+        return self.positions(input_ids.shape[1])[None]
+
+    def attend(self, q, k, v, mask=None, *, key_padding_mask=None, is_causal=False, window=None):
+        """q (B, H, T/W, hd), k, v (B, G, T/W, hd) this rank's rows -> (B, H, T/W, hd), as an
+        attention backend is called. A general ``mask`` is refused (ValueError): the ranks
+        build their masks from global positions, padding, causality and the window only."""
+        if mask is not None:
+            raise ValueError(
+                "context parallelism takes padding, causality and a window, not a general "
+                f"mask: expected mask=None, got a mask of shape {tuple(mask.shape)}"
+            )
+        return context_attention(
+            q,
+            k,
+            v,
+            positions=self.positions(q.shape[2], q.device),
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            window=window,
+            method=self.method,
+            chunks=2 if self.load_balance else 1,
+            group=self.group,
+        )
 
 
 def slice_sequence(x: torch.Tensor, group=None, *, dim: int, load_balance: bool = False):
@@ -81,19 +154,23 @@ def context_attention(
     positions: torch.Tensor,
     key_padding_mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     method: str = "ring",
     chunks: int = 1,
     group=None,
     block_q: int | None = None,
     block_k: int | None = None,
 ) -> torch.Tensor:
-    """Attention of this rank's queries to the whole sequence: q, k, v (B, H, T/W, hd) this
-    rank's rows -> (B, H, T/W, hd).
+    """Attention of this rank's queries to the whole sequence: q (B, H, T/W, hd), k, v
+    (B, G, T/W, hd) this rank's rows -> (B, H, T/W, hd); G K/V heads dividing H
+    (grouped-query attention: K and V travel with G heads, not H).
 
     Args:
         positions: (T/W,) int64, the global position of each local row (:func:`slice_sequence`).
         key_padding_mask: optional (B, T/W) boolean, True = real key, for the local rows.
         is_causal: query at position t attends to keys at positions s <= t only.
+        window: optional int >= 1: query at position t attends to keys at positions
+            |t - s| <= window only (sliding window; global positions, as causality).
         method: "ring" (:func:`ring_attention`) or "all_gather" (:func:`all_gather_attention`).
         chunks: the local rows are this many contiguous runs of positions (2 in the
             load-balanced order); the ring skips (query, key) chunk pairs causality masks.
@@ -112,6 +189,7 @@ def context_attention(
         positions=positions,
         key_padding_mask=key_padding_mask,
         is_causal=is_causal,
+        window=window,
         chunks=chunks,
         group=group,
         block_q=block_q,
@@ -119,27 +197,45 @@ def context_attention(
     )
 
 
-def _check(q, k, v, positions, key_padding_mask, chunks) -> torch.Tensor:
-    """The local padding mask as (B, T/W) booleans (all True if None); ValueError on shapes."""
-    b, _, t, _ = q.shape
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must share one shape, got {q.shape}, {k.shape}, {v.shape}")
+def _arguments(q, k, v, positions, key_padding_mask, chunks, window, block_q, block_k):
+    """Both algorithms' argument handling, in one place: ValueError on shapes, chunks, window
+    or block sizes; returns ``(real, block_q, block_k)``: the local padding mask as (B, T/W)
+    booleans (all True if None) and the block sizes (the flash kernel's by default)."""
+    b, h, t, hd = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (t, hd) or h % k.shape[1]:
+        raise ValueError(
+            f"q (B, H, T, hd) and k, v (B, G, T, hd) with G dividing H expected, got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if tuple(positions.shape) != (t,):
         raise ValueError(f"positions must have shape ({t},), got {tuple(positions.shape)}")
     if chunks < 1 or t % chunks != 0:
         raise ValueError(f"the {t} local rows must divide into chunks={chunks} runs")
+    if window is not None:
+        check_window(window)
+    block_q = flash.BLOCK_Q if block_q is None else block_q
+    block_k = flash.BLOCK_K if block_k is None else block_k
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
     if key_padding_mask is None:
-        return torch.ones(b, t, dtype=torch.bool, device=q.device)
+        return torch.ones(b, t, dtype=torch.bool, device=q.device), block_q, block_k
     if tuple(key_padding_mask.shape) != (b, t):
         raise ValueError(
             f"key_padding_mask must have shape ({b}, {t}), got {tuple(key_padding_mask.shape)}"
         )
-    return key_padding_mask.bool()
+    return key_padding_mask.bool(), block_q, block_k
 
 
-def causal_mask(q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
-    """(1, 1, Tq, Tk) booleans: key position <= query position."""
-    return (k_positions[None, :] <= q_positions[:, None])[None, None]
+def position_mask(q_positions, k_positions, is_causal: bool, window: int | None):
+    """(1, 1, Tq, Tk) booleans from global positions: key position <= query position if
+    ``is_causal``, and |query - key| <= ``window`` with a window; None if neither."""
+    if not is_causal and window is None:
+        return None
+    t, s = q_positions[:, None], k_positions[None, :]
+    allowed = (s <= t) | (not is_causal)  # (Tq, Tk)
+    if window is not None:
+        allowed = allowed & ((t - s).abs() <= window)
+    return allowed[None, None]
 
 
 def merge_partial(o_a, lse_a, o_b, lse_b):
@@ -155,14 +251,22 @@ def merge_partial(o_a, lse_a, o_b, lse_b):
     return w_a[..., None] * o_a + w_b[..., None] * o_b, lse
 
 
-def _pairs(q_pos, k_pos, chunks: int, is_causal: bool):
+def _pairs(q_pos, k_pos, chunks: int, is_causal: bool, window: int | None):
     """The (query chunk, key chunk) row slices to compute: causal skips a pair whose first key
-    comes after its last query."""
+    comes after its last query, a window one whose keys are all farther than ``window`` from
+    all its queries."""
     n = q_pos.shape[0] // chunks
     runs = [slice(c * n, (c + 1) * n) for c in range(chunks)]
     for qs in runs:
         for ks in runs:
-            if not is_causal or int(k_pos[ks].min()) <= int(q_pos[qs].max()):
+            k_lo, k_hi = int(k_pos[ks].min()), int(k_pos[ks].max())
+            q_lo, q_hi = int(q_pos[qs].min()), int(q_pos[qs].max())
+            visible = True
+            if is_causal:
+                visible = k_lo <= q_hi
+            if window is not None:
+                visible = visible and k_lo <= q_hi + window and k_hi >= q_lo - window
+            if visible:
                 yield qs, ks
 
 
@@ -173,16 +277,18 @@ def _ring_step(tensors: list[torch.Tensor], group) -> list[torch.Tensor]:
     group = group if group is not None else dist.group.WORLD
     after = dist.get_global_rank(group, (rank + 1) % world)
     before = dist.get_global_rank(group, (rank - 1) % world)
-    received = [torch.empty_like(t) for t in tensors]
+    # empty_like keeps a transposed view's strides; the receive buffers must be contiguous
+    received = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
     ops = [dist.P2POp(dist.isend, t.contiguous(), after, group) for t in tensors]
     ops += [dist.P2POp(dist.irecv, r, before, group) for r in received]
     for request in dist.batch_isend_irecv(ops):
         request.wait()
     COUNTS["ring_step"] += 1
+    COUNTS["bytes"] += sum(t.nelement() * t.element_size() for t in tensors)
     return received
 
 
-def ring_forward(q, k, v, real, positions, is_causal, chunks, group, block_q, block_k):
+def ring_forward(q, k, v, real, positions, is_causal, window, chunks, group, block_q, block_k):
     """The ring's forward. Returns ``(O (B, H, T/W, hd), L (B, H, T/W))`` in float32 (float64
     for float64 inputs), L = +inf for a query with no key, as ``flash_forward``'s.
 
@@ -198,8 +304,8 @@ def ring_forward(q, k, v, real, positions, is_causal, chunks, group, block_q, bl
     block = [k.to(acc), v.to(acc), real.to(torch.uint8), positions]
     for step in range(world):  # step 2
         k_j, v_j, real_j, pos_j = block
-        for qs, ks in _pairs(positions, pos_j, chunks, is_causal):
-            mask = causal_mask(positions[qs], pos_j[ks]) if is_causal else None
+        for qs, ks in _pairs(positions, pos_j, chunks, is_causal, window):
+            mask = position_mask(positions[qs], pos_j[ks], is_causal, window)
             o_ij, lse_ij = flash_forward(
                 q[:, :, qs], k_j[:, :, ks], v_j[:, :, ks], mask, real_j[:, ks].bool(),
                 False, block_q, block_k,
@@ -212,7 +318,9 @@ def ring_forward(q, k, v, real, positions, is_causal, chunks, group, block_q, bl
     return out, torch.where(torch.isfinite(lse), lse, math.inf)
 
 
-def ring_backward(q, k, v, out, lse, d_out, real, positions, is_causal, chunks, group, bq, bk):
+def ring_backward(
+    q, k, v, out, lse, d_out, real, positions, is_causal, window, chunks, group, bq, bk
+):
     """The ring's backward. Returns ``(dQ, dK, dV)`` of this rank's rows, in float32 (float64).
 
     1. dQ = 0; the block (K, V, real keys, positions) is this rank's own, with dK = dV = 0.
@@ -230,8 +338,8 @@ def ring_backward(q, k, v, out, lse, d_out, real, positions, is_causal, chunks, 
     for step in range(world):  # step 2
         k_j, v_j, real_j, pos_j = block
         dk_j, dv_j = grads
-        for qs, ks in _pairs(positions, pos_j, chunks, is_causal):
-            mask = causal_mask(positions[qs], pos_j[ks]) if is_causal else None
+        for qs, ks in _pairs(positions, pos_j, chunks, is_causal, window):
+            mask = position_mask(positions[qs], pos_j[ks], is_causal, window)
             dq_ij, dk_ij, dv_ij = flash_backward(
                 q[:, :, qs], k_j[:, :, ks], v_j[:, :, ks], out[:, :, qs], lse[:, :, qs],
                 d_out[:, :, qs], mask, real_j[:, ks].bool(), False, bq, bk,
@@ -251,22 +359,35 @@ class _RingAttention(torch.autograd.Function):
     """Saves Q, K, V, O and L of this rank's rows; the backward runs the ring again."""
 
     @staticmethod
-    def forward(ctx, q, k, v, real, positions, is_causal, chunks, group, block_q, block_k):
+    def forward(ctx, q, k, v, real, positions, is_causal, window, chunks, group, block_q, block_k):
         out, lse = ring_forward(
-            q, k, v, real, positions, is_causal, chunks, group, block_q, block_k
+            q, k, v, real, positions, is_causal, window, chunks, group, block_q, block_k
         )
         ctx.save_for_backward(q, k, v, out, lse, real, positions)
-        ctx.options = (is_causal, chunks, group, block_q, block_k)
+        ctx.options = (is_causal, window, chunks, group, block_q, block_k)
         return out.to(v.dtype)
 
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, out, lse, real, positions = ctx.saved_tensors
-        is_causal, chunks, group, block_q, block_k = ctx.options
+        is_causal, window, chunks, group, block_q, block_k = ctx.options
         dq, dk, dv = ring_backward(
-            q, k, v, out, lse, d_out, real, positions, is_causal, chunks, group, block_q, block_k
+            q,
+            k,
+            v,
+            out,
+            lse,
+            d_out,
+            real,
+            positions,
+            is_causal,
+            window,
+            chunks,
+            group,
+            block_q,
+            block_k,
         )
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *(None,) * 7
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *(None,) * 8
 
 
 def ring_attention(
@@ -277,6 +398,7 @@ def ring_attention(
     positions: torch.Tensor,
     key_padding_mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     chunks: int = 1,
     group=None,
     block_q: int | None = None,
@@ -287,12 +409,12 @@ def ring_attention(
     Forward: W - 1 ring steps (K, V, padding mask, positions); backward: W steps (the same,
     then dK and dV home). Padded keys are zeroed first (``hide_masked_keys``).
     """
-    real = _check(q, k, v, positions, key_padding_mask, chunks)
+    real, block_q, block_k = _arguments(
+        q, k, v, positions, key_padding_mask, chunks, window, block_q, block_k
+    )
     k, v = hide_masked_keys(k, v, None, real, is_causal=False, q_len=q.shape[2])
-    block_q = flash.BLOCK_Q if block_q is None else block_q
-    block_k = flash.BLOCK_K if block_k is None else block_k
     return _RingAttention.apply(
-        q, k, v, real, positions, is_causal, chunks, group, block_q, block_k
+        q, k, v, real, positions, is_causal, window, chunks, group, block_q, block_k
     )
 
 
@@ -311,14 +433,19 @@ class _AllGatherSequence(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, group=group)
         COUNTS["all_reduce"] += 1
+        COUNTS["bytes"] += grad.nelement() * grad.element_size()
         rank = dist.get_rank(group)
         return grad.narrow(dim, rank * rows, rows), None, None
 
 
 def _all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    parts = [
+        torch.empty_like(x, memory_format=torch.contiguous_format)
+        for _ in range(dist.get_world_size(group))
+    ]
     dist.all_gather(parts, x.contiguous(), group=group)
     COUNTS["all_gather"] += 1
+    COUNTS["bytes"] += len(parts) * x.nelement() * x.element_size()  # the gathered whole
     return torch.cat(parts, dim=dim)
 
 
@@ -330,6 +457,7 @@ def all_gather_attention(
     positions: torch.Tensor,
     key_padding_mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    window: int | None = None,
     chunks: int = 1,
     group=None,
     block_q: int | None = None,
@@ -340,12 +468,14 @@ def all_gather_attention(
 
     Forward: 4 all-gathers (K, V, padding mask, positions); backward: 2 all-reduces (dK, dV).
     """
-    real = _check(q, k, v, positions, key_padding_mask, chunks)
-    k_all = _AllGatherSequence.apply(k, 2, group)  # (B, H, T, hd)
+    real, block_q, block_k = _arguments(
+        q, k, v, positions, key_padding_mask, chunks, window, block_q, block_k
+    )
+    k_all = _AllGatherSequence.apply(k, 2, group)  # (B, G, T, hd)
     v_all = _AllGatherSequence.apply(v, 2, group)
     real_all = _all_gather(real.to(torch.uint8), 1, group).bool()  # (B, T)
     pos_all = _all_gather(positions, 0, group)  # (T,)
-    mask = causal_mask(positions, pos_all) if is_causal else None
+    mask = position_mask(positions, pos_all, is_causal, window)
     return flash_attention(
         q, k_all, v_all, mask, key_padding_mask=real_all, block_q=block_q, block_k=block_k
     )

@@ -456,6 +456,7 @@ class TransformerEncoder(nn.Module):
         embeddings = PatchEmbeddings if cfg.image_size else TokenEmbeddings
         self.embeddings = embeddings(cfg, dtype=dtype)
         self.encoder = Encoder(cfg, backend=backend, dtype=dtype, remat=remat)
+        self.context_parallel = None  # parallelize sets it on a seq axis > 1 (global positions)
 
     def forward(
         self,
@@ -496,6 +497,8 @@ class TransformerEncoder(nn.Module):
         Raises:
             ValueError (TypeError for a wrong dtype) naming the argument, expected and got.
         """
+        if self.context_parallel is not None and position_ids is None:  # this rank's rows
+            position_ids = self.context_parallel.position_ids(self.config, input_ids)
         x, key_padding_mask = self.embeddings(
             input_ids,
             attention_mask=attention_mask,

@@ -7,6 +7,11 @@ Mirrors ``jax_impl/parallel.py``. Three steps, as in JAX, in every process of th
     parallel.parallelize(model, mesh, fsdp=False)   # in place; returns the model
     h = model(parallel.slice_batch(input_ids, mesh))  # this data rank's rows of the batch
 
+On a mesh whose "seq" is > 1, ``parallelize(model, mesh, context="ring" | "all_gather",
+load_balance=...)`` also makes every layer's attention context-parallel
+(:func:`context_parallel`): each rank then takes its rows of the sequence too
+(:func:`slice_sequence`), and gradients are summed over "seq" by parameter hooks.
+
 ``export_weights`` and ``save`` are ``torch_impl``'s own (they work on sharded models too),
 re-exported here.
 
@@ -52,15 +57,17 @@ from torch import nn
 from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Shard
+from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from shared import parallel as plan
 from shared import weights as v1
+from torch_impl import context
 from torch_impl.encoder import TransformerEncoder
 from torch_impl.weights import export_weights, from_weights, parameter_table, save
 
 __all__ = [
+    "context_parallel",
     "export_weights",
     "initialize",
     "launch",
@@ -69,6 +76,7 @@ __all__ = [
     "parallelize",
     "save",
     "slice_batch",
+    "slice_sequence",
 ]
 
 STYLES = {plan.COLUMNS: ColwiseParallel, plan.ROWS: RowwiseParallel}
@@ -174,15 +182,27 @@ def make_mesh(*, data: int = 1, model: int = 1, seq: int = 1) -> DeviceMesh:
     return init_device_mesh(device_type, (data, model, seq), mesh_dim_names=plan.AXES)
 
 
-def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool = False) -> nn.Module:
+def parallelize(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    fsdp: bool = False,
+    context: str = "ring",
+    load_balance: bool = False,
+) -> nn.Module:
     """Shard ``model`` over ``mesh`` by the shared plan, in place; returns it.
 
     ``model`` is a :class:`~torch_impl.encoder.TransformerEncoder` or a module holding one as
-    ``.encoder`` (the task models of ``torch_impl/train.py``).
+    ``.encoder`` (the task models of ``torch_impl/train.py``). On a mesh whose "seq" axis is
+    > 1, every layer's attention runs over the sequence split across it (context
+    parallelism, :func:`context_parallel`): ``context`` "ring" or "all_gather",
+    ``load_balance`` the zig-zag order (for causal attention; T must divide into 2 seq
+    chunks). ValueError naming the choices for another ``context``.
     """
     _check_group("parallelize")
     encoder = model if isinstance(model, TransformerEncoder) else model.encoder
     _check(encoder, mesh)
+    _check_context(encoder, mesh, fsdp)
     if mesh["model"].size() > 1:
         for i, layer in enumerate(encoder.encoder.layers):
             parallelize_module(layer, mesh["model"], layer_plan(encoder, i))
@@ -195,6 +215,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool = False) -> nn
         for layer in encoder.encoder.layers:
             replicate(layer, mesh=mesh["data"])  # FSDP2's DDP twin
         replicate(model, mesh=mesh["data"])
+    context_parallel(model, mesh, method=context, load_balance=load_balance, fsdp=fsdp)
     return model
 
 
@@ -339,3 +360,87 @@ def _run_rank(rank, fn, world, init, backend, timeout_s, args) -> None:
         raise
     finally:
         dist.destroy_process_group()
+
+
+def context_parallel(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    method: str = "ring",
+    load_balance: bool = False,
+    fsdp: bool = False,
+) -> None:
+    """Give every attention of ``model`` (an encoder or a module holding one as ``.encoder``),
+    and the encoder (for its positions), a ``context.ContextParallel`` over ``mesh``'s "seq" group (none when it is 1). Each rank
+    then takes its rows of the sequence (:func:`slice_sequence`, with the same
+    ``load_balance``); the model's default positions are their global ones, and each
+    attention runs ``context.context_attention`` over the group. ValueError for an image
+    model (its patch positions are added over the whole sequence), and with ``fsdp``
+    (its sharded parameters bypass the hooks that sum each gradient over the group).
+    Gradients come out summed over the group (:func:`_summed_over`)."""
+    encoder = model if isinstance(model, TransformerEncoder) else model.encoder
+    _check_context(encoder, mesh, fsdp)
+    plan_ = context.ContextParallel(
+        mesh["seq"].get_group(), method=method, load_balance=load_balance
+    )
+    plan_ = plan_ if mesh["seq"].size() > 1 else None
+    encoder.context_parallel = plan_
+    for layer in encoder.encoder.layers:
+        layer.attention.context_parallel = plan_
+    for handle in getattr(model, "_seq_gradient_hooks", ()):
+        handle.remove()
+    model._seq_gradient_hooks = []
+    if plan_ is not None:
+        group = mesh["seq"].get_group()
+        for param in model.parameters():  # a task head's too
+            model._seq_gradient_hooks.append(param.register_hook(_summed_over(group)))
+
+
+def _check_context(encoder: TransformerEncoder, mesh: DeviceMesh, fsdp: bool) -> None:
+    """What PyTorch's context parallelism refuses on a seq axis > 1, before anything is
+    sharded: FSDP and image models (ValueError)."""
+    if mesh["seq"].size() == 1:
+        return
+    if fsdp:
+        raise ValueError(
+            "context parallelism in PyTorch sums gradients over seq by parameter hooks, "
+            "which FSDP's sharded parameters bypass: expected fsdp=False with seq > 1"
+        )
+    if encoder.config.image_size:
+        raise ValueError(
+            "context parallelism splits token sequences: expected a text model on a seq "
+            f"axis > 1, got an image model (image_size={encoder.config.image_size})"
+        )
+
+
+def _summed_over(group):
+    """A parameter's gradient hook: the sum of the gradients the group's ranks computed.
+
+    Every "seq" rank holds the whole parameter but only its rows of the sequence, so its
+    backward gives the gradient of its rows' share of the loss; the hook all-reduces that
+    before it is accumulated into ``.grad`` (gradient accumulation over several backward
+    passes stays right). A rank's loss must be its rows' part of the global loss (e.g. the
+    sum of its token losses over the global token count)."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad.to_local() if isinstance(grad, DTensor) else grad, group=group)
+        return grad
+
+    return hook
+
+
+def slice_sequence(batch, mesh: DeviceMesh, *, load_balance: bool = False):
+    """This "seq" rank's rows of a batch's sequence axis (an array or a dict of arrays,
+    (B, T, ...) each): the positions ``shared.parallel.seq_positions`` gives it, in order.
+    Apply after :func:`slice_batch`. ValueError if T does not divide into seq shards (2 seq
+    chunks with ``load_balance``). NumPy stays NumPy, tensors stay tensors."""
+    seq, rank = mesh["seq"].size(), mesh["seq"].get_local_rank()
+
+    def cut(x):
+        rows = plan.seq_positions(x.shape[1], seq, rank, load_balance=load_balance)
+        return x[:, torch.as_tensor(rows, device=x.device)] if torch.is_tensor(x) else x[:, rows]
+
+    if isinstance(batch, dict):
+        return {k: cut(v) for k, v in batch.items()}
+    return cut(batch)
