@@ -236,7 +236,8 @@ def _parity(
     case = group[0]
     v = variant(case.variant)
     if case.mesh.devices > 1:
-        note = "sharded: parity_tests/test_parallel.py checks it"
+        test = "test_context_parallel.py" if case.mesh.sizes["seq"] > 1 else "test_parallel.py"
+        note = f"sharded: parity_tests/{test} checks it"
         return dict.fromkeys(frameworks, Parity(None, None, note))
     if v.own_process:
         return {}  # measured in each row's child process
