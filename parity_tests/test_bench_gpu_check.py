@@ -33,13 +33,17 @@ def test_gpu_check_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
         "parity-gpu",
         "bert-base-bf16-sweep",
         "bert-large-bf16-train-step",
+        "modernbert-base-bf16",
         "peers-bf16",
     ]
     assert "--device gpu" in plan[1] and "ours-math,ours-fused,ours-flash" in plan[2]
     assert "parity_tests/test_masked_keys.py" in plan[1]  # cuDNN with a padding mask
     assert "--batch 32 --seq-lens 512" in plan[3]
-    assert "--frameworks torch --variants ours-fused,hf" in plan[4]
-    assert "--frameworks jax --variants ours-fused,keras" in plan[4]
+    modern = plan[4]  # ModernBERT-base: windowed flash against fused, both frameworks
+    assert "--config modernbert-base --dtype bfloat16 --variants ours-fused,ours-flash" in modern
+    assert "--frameworks" not in modern and "--seq-lens 2048,8192" in modern
+    assert "--frameworks torch --variants ours-fused,hf" in plan[5]
+    assert "--frameworks jax --variants ours-fused,keras" in plan[5]
     assert sum(int(line.split("(limit ")[1].split("s)")[0]) for line in plan) <= 9.5 * 60
     assert not (tmp_path / "gc").exists()
 
@@ -53,4 +57,4 @@ def test_gpu_check_without_a_gpu_records_versions_and_skips_the_gpu_steps(tmp_pa
     versions = (tmp_path / "gc" / "versions.log").read_text()
     assert f"torch         {torch.__version__}" in versions
     skipped = (tmp_path / "gc" / "skipped.txt").read_text().splitlines()
-    assert len(skipped) == 4 and all("no GPU" in line for line in skipped)
+    assert len(skipped) == 5 and all("no GPU" in line for line in skipped)
