@@ -341,7 +341,7 @@ SUITES: dict[str, Suite] = {
         sweeps=(
             *_LONG_WINDOW_SWEEPS,
             # without windows PyTorch's flash loops over every block pair: one forward of
-            # three global layers at T=8192 did not finish in 9 minutes on the 2-core CPU
+            # three global layers at T=8192 did not finish in 8 minutes on the 2-core CPU
             *(
                 dataclasses.replace(
                     s,
