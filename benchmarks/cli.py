@@ -35,6 +35,7 @@ from benchmarks.suites import (
     expand,
     load_config,
     max_len_for,
+    with_layers,
 )
 from benchmarks.variants import REGISTRY, VARIANTS
 from shared.atomic import check_output_folder
@@ -158,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="NAME|FILE",
         help="model: a preset name or a JSON file of EncoderConfig fields (default: the suite's)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=_positive_int,
+        metavar="N",
+        help="keep the config's first N layers (and its layer pattern); rows name the config "
+        "NAME-N-layers",
     )
     parser.add_argument(
         "--frameworks",
@@ -287,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_output_folder(args.out)
         config_name, cfg = load_config(args.config or suite.config)
+        if args.layers is not None:
+            config_name, cfg = f"{config_name}-{args.layers}-layers", with_layers(cfg, args.layers)
         selection = _selection(args, device=args.device, frameworks=args.frameworks)
         if args.device != "auto":
             _check(args, suite, cfg, selection)
@@ -314,6 +324,7 @@ def _selection(args, *, device: str, frameworks: tuple[str, ...]) -> Selection:
         seq_lens=args.seq_lens,
         meshes=tuple(dict.fromkeys(m for m in args.mesh if m.devices > 1)),
         remats=args.remat or ("none",),
+        config=args.config,
     )
 
 

@@ -5,8 +5,11 @@
 # and prints each command before it runs. Each step has a time limit; together they fit
 # in 9.5 minutes, plus 150 s for the context-parallel step (mesh-seq2: the train step with
 # the sequence split over 2 GPUs, ring and all-gather), which runs only where more than one
-# GPU is visible to both torch and jax. The peer rows: transformers' BertModel (sdpa) against ours in PyTorch, and
-# keras-hub's BertBackbone on JAX against ours in JAX, bfloat16, compiled.
+# GPU is visible to both torch and jax. The ModernBERT-base rows: its windowed layers on our
+# flash backend against fused attention (which masks the full square), both frameworks,
+# bfloat16, compiled forward at T=2048 and 8192. The peer rows: transformers' BertModel
+# (sdpa) against ours in PyTorch, and keras-hub's BertBackbone on JAX against ours in JAX,
+# bfloat16, compiled.
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]
 #
@@ -29,11 +32,12 @@ done
 # name | time limit (s) | command
 STEPS=(
     "versions|30|$PY -m benchmarks.versions"
-    "parity-gpu|180|$PY -m pytest parity_tests/test_parity.py parity_tests/test_flash.py parity_tests/test_masked_keys.py --device gpu -q -x -p no:cacheprovider -k 'fused or flash or bfloat16 or float32'"
-    "bert-base-bf16-sweep|150|$PY -m benchmarks --device gpu --suite standard --dtype bfloat16 --variants ours-math,ours-fused,ours-flash --phases forward,train_step --modes compiled --seq-lens 512,2048 --repeats 5 --no-plots --out $OUT/bert-base-bf16"
-    "bert-large-bf16-train-step|90|$PY -m benchmarks --device gpu --suite standard --config bert-large --dtype bfloat16 --variants ours-fused --phases train_step --modes compiled --batch 32 --seq-lens 512 --repeats 5 --no-plots --out $OUT/bert-large-bf16"
+    "parity-gpu|150|$PY -m pytest parity_tests/test_parity.py parity_tests/test_flash.py parity_tests/test_masked_keys.py --device gpu -q -x -p no:cacheprovider -k 'fused or flash or bfloat16 or float32'"
+    "bert-base-bf16-sweep|130|$PY -m benchmarks --device gpu --suite standard --dtype bfloat16 --variants ours-math,ours-fused,ours-flash --phases forward,train_step --modes compiled --seq-lens 512,2048 --repeats 5 --no-plots --out $OUT/bert-base-bf16"
+    "bert-large-bf16-train-step|75|$PY -m benchmarks --device gpu --suite standard --config bert-large --dtype bfloat16 --variants ours-fused --phases train_step --modes compiled --batch 32 --seq-lens 512 --repeats 5 --no-plots --out $OUT/bert-large-bf16"
+    "modernbert-base-bf16|80|$PY -m benchmarks --device gpu --suite standard --config modernbert-base --dtype bfloat16 --variants ours-fused,ours-flash --phases forward --modes compiled --seq-lens 2048,8192 --repeats 5 --no-plots --out $OUT/modernbert-base-bf16"
     "mesh-seq2|150|$PY -m benchmarks --device gpu --suite mesh --mesh seq=2 --mesh seq=2,context=all_gather --repeats 5 --no-plots --out $OUT/mesh-seq2"
-    "peers-bf16|120|$PY -m benchmarks --device gpu --suite peers --dtype bfloat16 --frameworks torch --variants ours-fused,hf --phases forward,train_step --modes compiled --seq-lens 512 --repeats 5 --no-plots --out $OUT/peers-bf16-torch && $PY -m benchmarks --device gpu --suite peers --dtype bfloat16 --frameworks jax --variants ours-fused,keras --phases forward,train_step --modes compiled --seq-lens 512 --repeats 5 --no-plots --out $OUT/peers-bf16-jax"
+    "peers-bf16|105|$PY -m benchmarks --device gpu --suite peers --dtype bfloat16 --frameworks torch --variants ours-fused,hf --phases forward,train_step --modes compiled --seq-lens 512 --repeats 5 --no-plots --out $OUT/peers-bf16-torch && $PY -m benchmarks --device gpu --suite peers --dtype bfloat16 --frameworks jax --variants ours-fused,keras --phases forward,train_step --modes compiled --seq-lens 512 --repeats 5 --no-plots --out $OUT/peers-bf16-jax"
 )
 
 echo "gpu_check: output folder $OUT; python: $PY"

@@ -24,7 +24,7 @@ from rich.progress import (
 
 from benchmarks.suites import Case
 from shared.config import EncoderConfig
-from shared.flops import phase_flops
+from shared.flops import encoder_phase_flops
 
 __all__ = ["RunProgress", "case_weight"]
 
@@ -36,14 +36,7 @@ _SETUP_CALLS = 2.0
 def case_weight(case: Case, cfg: EncoderConfig, *, calls: int) -> float:
     """Relative cost of ``case``: FLOPs of one call times the calls it makes (``calls``
     timed and untimed, plus set-up and compilation), eager JAX counted at twice the time."""
-    flops = phase_flops(
-        case.phase,
-        case.batch,
-        case.seq_len,
-        d_model=cfg.d_model,
-        d_ff=cfg.d_ff,
-        n_layers=cfg.n_layers,
-    )
+    flops = encoder_phase_flops(case.phase, cfg, case.batch, case.seq_len)
     n = calls + _SETUP_CALLS
     if case.mode == "compiled":
         n += _COMPILE_CALLS.get(case.device, 10.0)

@@ -25,7 +25,7 @@ from benchmarks.suites import Case
 from benchmarks.variants import PARITY_REFERENCE, variant
 from shared import reference
 from shared.config import EncoderConfig
-from shared.flops import phase_flops
+from shared.flops import encoder_phase_flops
 from shared.tolerances import max_abs_diff, tolerance
 
 __all__ = [
@@ -332,14 +332,7 @@ def make_row(
     """One row of the results (fields: :class:`benchmarks.schema.Row`)."""
     m, notes = measured
     median_s = m.stats.median
-    flops = phase_flops(
-        case.phase,
-        case.batch,
-        case.seq_len,
-        d_model=cfg.d_model,
-        d_ff=cfg.d_ff,
-        n_layers=cfg.n_layers,
-    )
+    flops = encoder_phase_flops(case.phase, cfg, case.batch, case.seq_len)
     tflops = flops / median_s / 1e12
     # host devices of one CPU share its cores (and its measured peak); accelerators add up
     scale = 1 if case.device == "cpu" else case.mesh.devices

@@ -21,7 +21,7 @@ from benchmarks.mesh import MeshSpec
 from benchmarks.variants import OURS_VARIANTS, PEER_VARIANTS, VARIANTS
 from benchmarks.variants import variant as lookup_variant
 from shared.backends import REMATS
-from shared.config import EncoderConfig
+from shared.config import MODERNBERT_BASE, EncoderConfig
 from shared.flops import PHASES
 
 __all__ = [
@@ -42,7 +42,9 @@ __all__ = [
     "load_config",
     "max_len_for",
     "remat_applies",
+    "suite_sweeps",
     "variant_parts",
+    "with_layers",
 ]
 
 FRAMEWORKS = ("torch", "jax")
@@ -91,6 +93,14 @@ PRESETS: dict[str, EncoderConfig] = {
     ),
     # BERT-large's shapes, all 24 layers
     "bert-large": EncoderConfig(d_model=1024, n_heads=16, d_ff=4096, n_layers=24, **_BERT),
+    # ModernBERT-base (Warner et al. 2024), all 22 layers: RoPE, GeGLU, no biases, global
+    # attention in every third layer from layer 0 and a window of 128 (keys |i - j| <= 64)
+    # in the others
+    "modernbert-base": MODERNBERT_BASE,
+    # the same model with every layer global: what the windows save
+    "modernbert-base-global": MODERNBERT_BASE.replace(
+        layer_types=("full_attention",) * MODERNBERT_BASE.n_layers, rope_local_theta=None
+    ),
 }
 
 
@@ -110,13 +120,35 @@ def load_config(spec: str) -> tuple[str, EncoderConfig]:
     return path.stem, EncoderConfig.from_json(path.read_text())
 
 
+def with_layers(cfg: EncoderConfig, n_layers: int) -> EncoderConfig:
+    """``cfg`` with its first ``n_layers`` layers only (``--layers``): the layer pattern
+    (``layer_types``) cut to match, and the local RoPE base dropped when no sliding layer is
+    left. ValueError unless 1 <= n_layers <= cfg.n_layers."""
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int):
+        raise ValueError(f"n_layers must be an int, got {n_layers!r}")
+    if not 1 <= n_layers <= cfg.n_layers:
+        raise ValueError(
+            f"n_layers must lie in [1, {cfg.n_layers}] for this config, got {n_layers}"
+        )
+    types = None if cfg.layer_types is None else cfg.layer_types[:n_layers]
+    local = cfg.rope_local_theta
+    if types is not None and "sliding_attention" not in types:
+        local = None  # only sliding layers read it, and none is left
+    return cfg.replace(n_layers=n_layers, layer_types=types, rope_local_theta=local)
+
+
 # --- suites ----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """One block of a suite: every combination of its phases, variants and modes, at every
-    shape of the suite (or at ``batches`` at the suite's first sequence length)."""
+    shape of the suite (or at ``batches`` at the suite's first sequence length).
+
+    ``config`` pins the sweep to one preset: it runs only when the run's ``--config`` is that
+    preset, and then the suite's unpinned sweeps do not run (they are for the suite's own
+    config). Unpinned sweeps (``None``) run on the suite's config or any other ``--config``.
+    """
 
     phases: tuple[str, ...]
     variants: tuple[str, ...]
@@ -124,6 +156,7 @@ class Sweep:
     max_seq_len: int | None = None  # leave out longer sequences (on CPUs only)
     batches: tuple[int, ...] | None = None  # a batch sweep instead of the sequence sweep
     frameworks: tuple[str, ...] | None = None  # only these of the run's frameworks
+    config: str | None = None  # a preset: this sweep's rows run with --config PRESET only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +197,24 @@ _SWEEP_SEQ_LENS = {
 _SWEEP_TOKENS_PER_BATCH = {"cpu": 1024, "accelerator": 8192}
 _MAX_BATCH = {"cpu": 8, "accelerator": 32}
 
+# ModernBERT in the standard suite (--config modernbert-base): every backend of ours (the
+# native modules and the peers have no RoPE, GLU or windows), forward eager and compiled,
+# and the compiled train step
+_MODERNBERT_SWEEPS = (
+    Sweep(phases=("forward",), variants=OURS_VARIANTS, modes=MODES, config="modernbert-base"),
+    Sweep(
+        phases=("train_step",),
+        variants=OURS_VARIANTS,
+        modes=("compiled",),
+        config="modernbert-base",
+    ),
+)
+# flash in both frameworks, one forward at a time
+_LONG_WINDOW_SWEEPS = (
+    Sweep(phases=("forward",), variants=("ours-flash",), modes=("eager",), frameworks=("torch",)),
+    Sweep(phases=("forward",), variants=("ours-flash",), modes=("compiled",), frameworks=("jax",)),
+)
+
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         name="quick",
@@ -191,7 +242,8 @@ SUITES: dict[str, Suite] = {
         name="standard",
         description=(
             "BERT-base-like config, sequence-length sweep: math vs fused attention, "
-            "eager vs compiled, ours vs native, forward and train step"
+            "eager vs compiled, ours vs native, forward and train step; with --config "
+            "modernbert-base, ModernBERT-base's rows (ours only)"
         ),
         config="bert-base",
         dtypes=("float32",),
@@ -202,6 +254,7 @@ SUITES: dict[str, Suite] = {
             Sweep(
                 phases=("train_step",), variants=("ours-fused",), modes=("eager",), max_seq_len=512
             ),
+            *_MODERNBERT_SWEEPS,
         ),
         seq_lens=_SWEEP_SEQ_LENS,
         tokens_per_batch=_SWEEP_TOKENS_PER_BATCH,
@@ -273,6 +326,37 @@ SUITES: dict[str, Suite] = {
         repeats=5,
         warmup=1,
         budget_s=10.0,
+        warm_compile=False,
+    ),
+    "long-window": Suite(
+        name="long-window",
+        description=(
+            "ModernBERT-base at B=1, T=2048, 4096 and 8192, flash attention, forward: with "
+            "its sliding windows (this config) or every layer global (--config "
+            "modernbert-base-global); PyTorch eager (its flash is a study path, eager under "
+            "torch.compile too), JAX jitted"
+        ),
+        config="modernbert-base",
+        dtypes=("float32",),
+        sweeps=(
+            *_LONG_WINDOW_SWEEPS,
+            # without windows PyTorch's flash loops over every block pair: one forward of
+            # three global layers at T=8192 did not finish in 8 minutes on the 2-core CPU
+            *(
+                dataclasses.replace(
+                    s,
+                    config="modernbert-base-global",
+                    max_seq_len=4096 if s.frameworks == ("torch",) else None,
+                )
+                for s in _LONG_WINDOW_SWEEPS
+            ),
+        ),
+        seq_lens={"cpu": (2048, 4096, 8192), "accelerator": (2048, 4096, 8192)},
+        tokens_per_batch={"cpu": 1, "accelerator": 1},
+        max_batch={"cpu": 1, "accelerator": 1},
+        repeats=3,
+        warmup=1,
+        budget_s=30.0,
         warm_compile=False,
     ),
     "mesh": Suite(
@@ -355,6 +439,7 @@ class Selection:
     seq_lens: tuple[int, ...] | None = None
     meshes: tuple[MeshSpec, ...] = ()  # each train-step case runs on each of these too
     remats: tuple[str, ...] = ("none",)  # each case with a backward of ours runs with each
+    config: str | None = None  # the --config given (None: the suite's), picks pinned sweeps
 
 
 def remat_applies(case: Case) -> bool:
@@ -368,14 +453,23 @@ def _union(values: Sequence[Sequence[str]], order: Sequence[str]) -> tuple[str, 
     return tuple(v for v in order if v in present)
 
 
+def suite_sweeps(suite: Suite, config: str | None = None) -> tuple[Sweep, ...]:
+    """The sweeps of ``suite`` that run with ``--config config`` (None: the suite's own):
+    those pinned to that config if it has any, else its unpinned ones."""
+    name = config or suite.config
+    pinned = tuple(s for s in suite.sweeps if s.config == name)
+    return pinned or tuple(s for s in suite.sweeps if s.config is None)
+
+
 def _sweeps(suite: Suite, sel: Selection) -> tuple[Sweep, ...]:
+    sweeps = suite_sweeps(suite, sel.config)
     if sel.variants is None and sel.modes is None and sel.phases is None:
-        return suite.sweeps
+        return sweeps
     return (
         Sweep(
-            phases=sel.phases or _union([s.phases for s in suite.sweeps], PHASES),
-            variants=sel.variants or _union([s.variants for s in suite.sweeps], VARIANTS),
-            modes=sel.modes or _union([s.modes for s in suite.sweeps], MODES),
+            phases=sel.phases or _union([s.phases for s in sweeps], PHASES),
+            variants=sel.variants or _union([s.variants for s in sweeps], VARIANTS),
+            modes=sel.modes or _union([s.modes for s in sweeps], MODES),
         ),
     )
 

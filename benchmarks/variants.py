@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from shared.backends import BACKENDS
+from shared.config import EncoderConfig, format_of_field
 
 __all__ = [
     "OURS_VARIANTS",
@@ -25,6 +26,7 @@ __all__ = [
     "REGISTRY",
     "VARIANTS",
     "Variant",
+    "native_config_problem",
     "variant",
 ]
 
@@ -98,3 +100,31 @@ def variant(name: str) -> Variant:
     if name not in REGISTRY:
         raise ValueError(f"variant={name!r} must be one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
+
+
+_NATIVE_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def native_config_problem(cfg: EncoderConfig) -> str | None:
+    """Why the ``native`` variant cannot compute ``cfg``, or None.
+
+    Its stack (``nn.TransformerEncoderLayer``, or a stack of ``nnx.MultiHeadAttention``) has
+    H heads of width D / H with biases, LayerNorm with bias, a two-matrix feed-forward and
+    full attention, and is called without a mask: no rotary positions, no causal mask, none
+    of the format-3 parts (GQA, GLU, RMSNorm, windows ...), no images.
+    """
+    if cfg.positional == "rope":
+        return "the native modules have no rotary positions: expected positional != 'rope'"
+    if cfg.activation not in _NATIVE_ACTIVATIONS:
+        return f"the native modules have no activation {cfg.activation!r}: expected one of {_NATIVE_ACTIVATIONS}"
+    if cfg.causal or cfg.image_size:
+        name = "causal" if cfg.causal else "image_size"
+        return f"the native stack is called on token embeddings without a mask: {name}={getattr(cfg, name)!r}"
+    plain = EncoderConfig()
+    for field in dataclasses.fields(cfg):
+        value, expected = getattr(cfg, field.name), getattr(plain, field.name)
+        if format_of_field(field) == 3 and value != expected:
+            return (
+                f"the native modules cannot express {field.name}={value!r} (expected {expected!r})"
+            )
+    return None

@@ -25,6 +25,14 @@ CFG = tiny_config()
 TRAIN = TrainConfig(learning_rate=3e-3, warmup_steps=2, total_steps=20, max_grad_norm=0.5)
 TASK = TaskConfig(task="first_last", vocab_size=CFG.vocab_size, seq_len=8)
 BATCH = 4
+# one encoder of the 2021-on parts (as mesh_jax_cases.py's): GQA, RoPE, a sliding window,
+# q/k norm, SwiGLU, RMSNorm, no biases
+MODERN = tiny_config(
+    n_heads=4, n_kv_heads=2, positional="rope", qk_norm=True, sliding_window=2,
+    layer_types=("full_attention", "sliding_attention"), gated_ffn=True, activation="silu",
+    norm="rms_norm", norm_bias=False, attention_bias=False, mlp_bias=False,
+    mlp_out_bias=False, norm_first=True, final_norm=True,
+)  # fmt: skip
 
 
 def forward_inputs() -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +66,28 @@ def forward_and_gradients(rank: int, folder: str, data: int, model: int, fsdp: b
     grads = layouts.from_outside(table, arrays)
     if rank == 0:
         np.savez(Path(folder) / "gradients.npz", **grads)
+
+
+def modern_forward(rank: int, folder: str, data: int, model: int, fsdp: bool) -> None:
+    """The MODERN encoder sharded: hidden states and attention weights of this rank's rows
+    (its own heads under tensor parallelism), and how layer 0's k weight is placed."""
+    torch_impl.precision.set_matmul_precision("float32")
+    mesh = parallel.make_mesh(data=data, model=model)
+    sharded = torch_impl.from_weights(random_weights(MODERN, seed=3), MODERN)
+    parallel.parallelize(sharded, mesh, fsdp=fsdp)
+    ids, mask, _ = make_inputs(MODERN, BATCH, 8, seed=2, pad="some")
+    ids, mask = parallel.slice_batch(ids, mesh), parallel.slice_batch(mask, mesh)
+    with torch.no_grad():
+        h, attentions = sharded(ids, mask, return_attention=True)
+    k = sharded.encoder.layers[0].attention.k.weight
+    np.savez(
+        Path(folder) / f"modern-{rank}.npz",
+        data_rank=mesh["data"].get_local_rank(),
+        model_rank=mesh["model"].get_local_rank(),
+        k_placements=str(getattr(k, "placements", "not a DTensor")),
+        h=torch_impl.to_numpy(h),
+        **{f"attention{i}": torch_impl.to_numpy(a) for i, a in enumerate(attentions)},
+    )
 
 
 def task_model() -> tt.SequenceClassifier:
@@ -121,6 +151,7 @@ def dropout_outputs(rank: int, folder: str, data: int, model: int, fsdp: bool) -
 def run_cases(rank: int, folder: str, data: int, model: int, fsdp: bool) -> None:
     """Every case on one mesh, in one launch (starting processes is the expensive part)."""
     forward_and_gradients(rank, folder, data, model, fsdp)
+    modern_forward(rank, folder, data, model, fsdp)
     train_ten_steps(rank, folder, data, model, fsdp)
     save_sharded(rank, folder, data, model, fsdp)
     dropout_outputs(rank, folder, data, model, fsdp)

@@ -33,15 +33,19 @@ def test_gpu_check_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
         "parity-gpu",
         "bert-base-bf16-sweep",
         "bert-large-bf16-train-step",
+        "modernbert-base-bf16",
         "mesh-seq2",
         "peers-bf16",
     ]
     assert "--device gpu" in plan[1] and "ours-math,ours-fused,ours-flash" in plan[2]
     assert "parity_tests/test_masked_keys.py" in plan[1]  # cuDNN with a padding mask
     assert "--batch 32 --seq-lens 512" in plan[3]
-    assert "--mesh seq=2 --mesh seq=2,context=all_gather" in plan[4]
-    assert "--frameworks torch --variants ours-fused,hf" in plan[5]
-    assert "--frameworks jax --variants ours-fused,keras" in plan[5]
+    modern = plan[4]  # ModernBERT-base: windowed flash against fused, both frameworks
+    assert "--config modernbert-base --dtype bfloat16 --variants ours-fused,ours-flash" in modern
+    assert "--frameworks" not in modern and "--seq-lens 2048,8192" in modern
+    assert "--mesh seq=2 --mesh seq=2,context=all_gather" in plan[5]
+    assert "--frameworks torch --variants ours-fused,hf" in plan[6]
+    assert "--frameworks jax --variants ours-fused,keras" in plan[6]
     limits = {
         n: int(line.split("(limit ")[1].split("s)")[0]) for n, line in zip(names, plan, strict=True)
     }
@@ -59,8 +63,8 @@ def test_gpu_check_without_a_gpu_records_versions_and_skips_the_gpu_steps(tmp_pa
     versions = (tmp_path / "gc" / "versions.log").read_text()
     assert f"torch         {torch.__version__}" in versions
     skipped = (tmp_path / "gc" / "skipped.txt").read_text().splitlines()
-    assert len(skipped) == 5 and all("no GPU" in line for line in skipped)
-    assert skipped[3].startswith("skip: [mesh-seq2]")
+    assert len(skipped) == 6 and all("no GPU" in line for line in skipped)
+    assert skipped[4].startswith("skip: [mesh-seq2]")
 
 
 def test_gpu_check_runs_the_seq_mesh_step_only_with_more_than_one_gpu(tmp_path):

@@ -130,3 +130,99 @@ def test_a_mesh_adds_each_train_step_case_on_that_mesh_next_to_its_one_device_ca
     quick = expand(SUITES["quick"], _cpu_selection(meshes=(mesh,)))
     meshed = [c for c in quick if c.mesh.devices > 1]
     assert meshed and all(c.phase == "train_step" for c in meshed)
+
+
+def test_modernbert_presets_are_modernbert_base_and_its_all_global_twin():
+    """ModernBERT-base's published shape (answerdotai/ModernBERT-base config.json: 22 layers,
+    hidden 768, 12 heads, intermediate 1152 GeGLU, global_attn_every_n_layers 3,
+    local_attention 128), and the same model with every layer global."""
+    mb = suites.PRESETS["modernbert-base"]
+    assert (mb.n_layers, mb.d_model, mb.n_heads, mb.d_ff) == (22, 768, 12, 1152)
+    assert mb.gated_ffn and mb.activation == "gelu" and mb.positional == "rope"
+    assert [i for i, kind in enumerate(mb.layer_kinds) if kind == "full_attention"] == list(
+        range(0, 22, 3)
+    )
+    assert 2 * mb.sliding_window == 128
+    glob = suites.PRESETS["modernbert-base-global"]
+    assert glob.layer_kinds == ("full_attention",) * 22
+    assert glob.replace(layer_types=mb.layer_types, rope_local_theta=mb.rope_local_theta) == mb
+
+
+def test_with_layers_keeps_the_first_layers_and_their_pattern():
+    mb = suites.PRESETS["modernbert-base"]
+    three = suites.with_layers(mb, 3)
+    assert three.n_layers == 3
+    assert three.layer_kinds == ("full_attention", "sliding_attention", "sliding_attention")
+    assert three.rope_local_theta == mb.rope_local_theta
+    one = suites.with_layers(mb, 1)  # no sliding layer left: the local base goes too
+    assert one.layer_kinds == ("full_attention",) and one.rope_local_theta is None
+    assert suites.with_layers(suites.PRESETS["bert-base"], 2).n_layers == 2
+    for bad in (0, 23):
+        with pytest.raises(ValueError, match=r"n_layers must lie in \[1, 22\]"):
+            suites.with_layers(mb, bad)
+
+
+def test_modernbert_rows_of_the_standard_suite_run_with_its_config_only():
+    """--config modernbert-base picks the standard suite's ModernBERT sweeps (ours only: no
+    native rows, which cannot compute it); the suite's own config never runs them."""
+    bert = expand(SUITES["standard"], _cpu_selection())
+    modern = expand(SUITES["standard"], _cpu_selection(config="modernbert-base"))
+    assert {c.variant for c in modern} == set(variants.OURS_VARIANTS)
+    assert {(c.phase, c.mode) for c in modern} == {
+        ("forward", "eager"),
+        ("forward", "compiled"),
+        ("train_step", "compiled"),
+    }
+    assert len(modern) == 5 * 2 * 3 * 3  # shapes x frameworks x variants x (phase, mode)
+    assert "native" in {c.variant for c in bert}
+    # another config runs the unpinned sweeps, as the suite's own does
+    assert expand(SUITES["standard"], _cpu_selection(config="bert-large")) == bert
+
+
+def test_layers_option_renames_the_config_and_rejects_more_layers_than_it_has(capsys):
+    from benchmarks import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--suite", "long-window", "--layers", "23", "--out", "/nonexistent/x"])
+    assert exit_info.value.code == 2
+    assert "n_layers must lie in [1, 22]" in capsys.readouterr().err
+
+
+def test_long_window_suite_runs_flash_in_both_frameworks_and_spares_torchs_global_8192():
+    suite = SUITES["long-window"]
+    window = expand(suite, _cpu_selection())
+    assert [(c.framework, c.mode, c.seq_len) for c in window] == [
+        (fw, mode, t)
+        for t in (2048, 4096, 8192)
+        for fw, mode in (("torch", "eager"), ("jax", "compiled"))
+    ]
+    assert {(c.variant, c.phase, c.batch) for c in window} == {("ours-flash", "forward", 1)}
+    glob = expand(suite, _cpu_selection(config="modernbert-base-global"))
+    assert [(c.framework, c.seq_len) for c in glob] == [
+        ("torch", 2048), ("jax", 2048), ("torch", 4096), ("jax", 4096), ("jax", 8192)
+    ]  # fmt: skip
+    on_gpu = expand(suite, Selection(("torch", "jax"), "gpu", config="modernbert-base-global"))
+    assert len(on_gpu) == 6
+
+
+def test_native_variant_refuses_what_its_modules_cannot_compute():
+    """The native stack has no RoPE, GLU, GQA, RMSNorm, windows or bias-free layers: such a
+    config is refused by name (the command line turns it into a usage error)."""
+    from benchmarks import peers
+
+    native = variants.REGISTRY["native"]
+    assert peers.config_problem(native, suites.PRESETS["bert-base"]) is None
+    assert "rotary" in peers.config_problem(native, suites.PRESETS["modernbert-base"])
+    plain = suites.PRESETS["bert-base"]
+    for change, name in (
+        (dict(gated_ffn=True), "gated_ffn"),
+        (dict(n_kv_heads=4), "n_kv_heads"),
+        (dict(norm="rms_norm", norm_bias=False), "norm"),
+        (dict(sliding_window=8), "sliding_window"),
+        (dict(attention_bias=False), "attention_bias"),
+        (dict(causal=True), "causal"),
+        (dict(activation="silu"), "silu"),
+    ):
+        assert name in peers.config_problem(native, plain.replace(**change)), change
+    for name in ("hf", "keras"):
+        assert peers.config_problem(variants.REGISTRY[name], suites.PRESETS["modernbert-base"])

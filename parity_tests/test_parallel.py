@@ -20,7 +20,7 @@ import torch
 import torch_impl
 import torch_impl.train as tt
 from parity_tests import mesh_torch_workers as W
-from parity_tests.helpers import random_weights, tiny_config
+from parity_tests.helpers import make_inputs, random_weights, tiny_config
 from shared import parallel as plan
 from shared.data import Dataset
 from shared.layouts import LAYOUTS
@@ -213,11 +213,11 @@ def _global(folder: Path, prefix: str, key: str) -> np.ndarray:
     return np.concatenate([parts[r][key] for r in sorted(parts)])
 
 
-def _global_heads(folder: Path, key: str) -> np.ndarray:
+def _global_heads(folder: Path, key: str, prefix: str = "forward") -> np.ndarray:
     """Attention weights (B, H, T, S) from the ranks' files: rows by data rank, heads by
     model rank (under tensor parallelism each rank computes only its own heads)."""
     parts: dict[int, dict[int, np.ndarray]] = {}
-    for f in sorted(folder.glob("forward-*.npz")):
+    for f in sorted(folder.glob(f"{prefix}-*.npz")):
         rank = np.load(f)
         parts.setdefault(int(rank["data_rank"]), {})[int(rank["model_rank"])] = rank[key]
     rows = [np.concatenate([p[m] for m in sorted(p)], axis=1) for _, p in sorted(parts.items())]
@@ -234,6 +234,23 @@ def test_torch_sharded_outputs_and_attention_weights_equal_one_device(torch_run)
     for i, want in enumerate(want_attn):
         got = _global_heads(folder, f"attention{i}")
         assert_close(got, want.numpy(), F32, f"attention weights, layer {i}")
+
+
+def test_torch_a_modern_encoder_sharded_equals_one_device(torch_run):
+    """GQA (K/V heads split whole across "model"), RoPE, a sliding window, q/k norm, SwiGLU
+    and RMSNorm without biases: hidden states and every head's weights as on one device."""
+    folder, _, model, _ = torch_run
+    ids, mask, _ = make_inputs(W.MODERN, W.BATCH, 8, seed=2, pad="some")
+    single = torch_impl.from_weights(random_weights(W.MODERN, seed=3), W.MODERN)
+    with torch.no_grad():
+        want_h, want_attn = single(ids, mask, return_attention=True)
+    assert_close(_global(folder, "modern", "h"), want_h.numpy(), F32, "modern hidden states")
+    for i, want in enumerate(want_attn):
+        got = _global_heads(folder, f"attention{i}", "modern")
+        assert_close(got, want.numpy(), F32, f"modern attention weights, layer {i}")
+    if model > 1:  # K/V split by whole K/V heads: k.weight's rows (out features)
+        placements = str(np.load(folder / "modern-0.npz")["k_placements"])
+        assert "Shard(dim=0)" in placements, placements
 
 
 def test_torch_sharded_gradients_of_every_parameter_equal_one_device(torch_run):

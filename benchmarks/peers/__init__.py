@@ -69,6 +69,10 @@ def config_problem(v: Variant, cfg) -> str | None:
         from shared import keras_hub
 
         check = keras_hub.backbone_kwargs
+    elif v.implementation == "native":
+        from benchmarks.variants import native_config_problem
+
+        return native_config_problem(cfg)
     else:
         return None
     try:
