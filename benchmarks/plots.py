@@ -12,6 +12,9 @@
 
 * ``mesh.png``: tokens per second per device on each mesh, when a run has mesh rows.
 
+:func:`memory_vs_seq_len` draws the memory study's points (``studies/memory_vs_seq_len.py``):
+one line per framework, backend and ``remat`` policy.
+
 Lines: one colour per attention backend (or peer), one marker per framework, solid =
 compiled, dashed = eager; one panel per phase (and dtype). The legend sits below the panels,
 where it hides no line: colours, markers and line styles listed apart.
@@ -28,7 +31,7 @@ from typing import Any
 from benchmarks.schema import Row
 from benchmarks.variants import REGISTRY
 
-__all__ = ["plot_all"]
+__all__ = ["memory_vs_seq_len", "plot_all"]
 
 # one colour per backend or peer (colour-blind-safe Okabe-Ito hues), in registry order
 _HUES = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -36,6 +39,9 @@ _BACKENDS = tuple(dict.fromkeys(v.backend for v in REGISTRY.values()))
 _COLOURS = {b: _HUES[i % len(_HUES)] for i, b in enumerate(_BACKENDS)}
 _STYLES = {"compiled": "-", "eager": "--"}
 _MARKERS = {"torch": "o", "jax": "s"}
+# memory_vs_seq_len: line style per framework, marker per remat policy
+_FRAMEWORK_STYLES = {"torch": "-", "jax": "--"}
+_REMAT_MARKERS = {"none": "o", "block": "^", "attention": "D"}
 # bars of a framework: greys (colour means a backend elsewhere), jax hatched
 _FRAMEWORK_BARS = {
     "torch": {"color": "#4d4d4d"},
@@ -275,6 +281,65 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
     ):
         written.append(out / "throughput_vs_batch.png")
     return written
+
+
+def memory_vs_seq_len(points: Sequence[dict], path: Path, *, title: str = "") -> bool:
+    """One line per (framework, backend, remat) of ``points`` (dicts with ``framework``,
+    ``backend``, ``remat``, ``seq_len`` and ``bytes``, None where not measured): MiB
+    against T, log-log; colour per backend, line style per framework (PyTorch solid, JAX
+    dashed), marker per remat policy. Points without bytes are left out (a line stops
+    there). Writes ``path``; False when no point has bytes. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
+    for p in points:
+        if p["bytes"] is not None:
+            key = (p["framework"], p["backend"], p["remat"])
+            series[key].append((p["seq_len"], p["bytes"] / 2**20))
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(8.4, 6.2))
+    for (framework, backend, remat), xy in sorted(series.items()):
+        xy.sort()
+        ax.plot(
+            [x for x, _ in xy],
+            [y for _, y in xy],
+            _FRAMEWORK_STYLES.get(framework, ":"),
+            marker=_REMAT_MARKERS.get(remat, "x"),
+            color=_COLOURS.get(backend, "grey"),
+            alpha=0.85,
+        )
+    xs = sorted({p["seq_len"] for p in points})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel("sequence length T (tokens), B=1")
+    ax.set_ylabel("peak working memory of one train step (MiB)")
+    ax.grid(True, which="both", alpha=0.3)
+    keys = series.keys()
+    backends = [b for b in _BACKENDS if any(k[1] == b for k in keys)]
+    frameworks = [f for f in _FRAMEWORK_STYLES if any(k[0] == f for k in keys)]
+    remats = [r for r in _REMAT_MARKERS if any(k[2] == r for k in keys)]
+    handles = [Line2D([], [], color=_COLOURS[b], linewidth=3) for b in backends]
+    labels = list(backends)
+    handles += [Line2D([], [], color="grey", linestyle=_FRAMEWORK_STYLES[f]) for f in frameworks]
+    labels += [{"torch": "PyTorch (measured)", "jax": "JAX (XLA's plan)"}[f] for f in frameworks]
+    handles += [
+        Line2D([], [], color="grey", marker=_REMAT_MARKERS[r], linestyle="") for r in remats
+    ]
+    labels += [f"remat {r}" for r in remats]
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
+    fig.suptitle(title or "Memory of one train step against sequence length", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _batch_sweep_rows(rows: Sequence[Row]) -> list[Row]:

@@ -286,12 +286,15 @@ class JaxRunner:
         compiled = None
         work = Workload(step=lambda: None, sync=self.sync)
         if case.mode == "compiled":
+            options = self._compiler_options(case)
+            if options:
+                work.notes.append(f"XLA compiler options {options}")
             # cold: JAX's persistent cache is empty (a fresh directory for this run);
             # warm: in-memory caches cleared, compiled again from the persistent cache.
-            compiled, work.compile_s_cold = self._compile(fn, args, donate)
+            compiled, work.compile_s_cold = self._compile(fn, args, donate, options)
             if warm_compile:
                 jax.clear_caches()
-                compiled, work.compile_s_warm = self._compile(fn, args, donate)
+                compiled, work.compile_s_warm = self._compile(fn, args, donate, options)
         call = compiled if compiled is not None else fn
 
         def step() -> Any:
@@ -352,9 +355,20 @@ class JaxRunner:
         jax.clear_caches()
         return time.perf_counter() - t0
 
-    def _compile(self, fn: Callable, args: tuple, donate: tuple[int, ...]) -> tuple[Any, float]:
+    def _compiler_options(self, case: Case) -> dict[str, str]:
+        """XLA's options for ``case``: a row with a backward on a CPU is compiled with
+        XLA:CPU's memory-optimised scheduler, as ``jax_impl.train.Trainer`` compiles its
+        step (``jax_impl.train.compiler_options``); a forward row with XLA's defaults."""
+        if case.phase == "forward":
+            return {}
+        return jax_impl.train.compiler_options(self.device.platform)
+
+    def _compile(
+        self, fn: Callable, args: tuple, donate: tuple[int, ...], options: dict[str, str]
+    ) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+        jitted = jax.jit(fn, donate_argnums=donate, compiler_options=options or None)
+        compiled = jitted.lower(*args).compile()
         return compiled, time.perf_counter() - t0
 
     def _memory(self, step, compiled, *, sharded: bool = False) -> tuple[int | None, str]:

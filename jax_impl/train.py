@@ -50,6 +50,7 @@ __all__ = [
     "Trainer",
     "build_model",
     "clip_grad_norm",
+    "compiler_options",
     "cross_entropy",
     "evaluate",
     "export_task_weights",
@@ -197,6 +198,26 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     return optax.GradientTransformation(adamw.init, update)
 
 
+# XLA:CPU's instruction order that keeps the fewest bytes live (DebugOptions.CpuSchedulerType)
+MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def compiler_options(platform: str, *, memory_scheduler: bool = True) -> dict[str, str]:
+    """``compiler_options`` for ``jax.jit`` of a training step on ``platform`` (a JAX
+    platform name: ``jax.default_backend()``, ``device.platform``): on "cpu", XLA's
+    memory-optimised scheduler unless ``memory_scheduler`` is false; on any other platform
+    none (XLA's own choice).
+
+    XLA:CPU's default scheduler is concurrency-optimised: it starts each instruction as early
+    as its operands allow. Under ``jax.checkpoint`` the recomputation of a block depends only
+    on the block's inputs, so that order runs it beside the forward pass, and the buffer plan
+    keeps the forward's and the recomputation's activations at once: remat saves nothing, and
+    even without remat more is live than the backward needs. The memory-optimised scheduler
+    orders the same instructions to keep the fewest bytes live (``studies/cpu_scheduler.py``
+    measures both)."""
+    return dict(MEMORY_SCHEDULER) if platform == "cpu" and memory_scheduler else {}
+
+
 def clip_grad_norm(grads, max_norm: float):
     """Scale all gradients by ``min(1, max_norm / (norm + 1e-6))``: ``(grads, norm before)``.
 
@@ -268,7 +289,8 @@ class Trainer:
         self.tx = make_optimizer(train)
         self.opt_state = self.tx.init(self.params)
         self._train_step = jax.jit(
-            functools.partial(train_step, self.graphdef, trainable, self.tx, train.max_grad_norm)
+            functools.partial(train_step, self.graphdef, trainable, self.tx, train.max_grad_norm),
+            compiler_options=compiler_options(jax.default_backend()) or None,
         )
 
     @property

@@ -20,6 +20,7 @@ import torch
 from flax import nnx
 
 import jax_impl
+import jax_impl.train
 import torch_impl
 from benchmarks import cli
 from benchmarks.suites import SUITES, Selection, expand
@@ -36,6 +37,7 @@ from parity_tests.helpers import (
 from shared import EncoderConfig
 from shared.backends import REMATS
 from shared.tolerances import assert_close, tolerance
+from studies import memory_plan
 from studies import remat as remat_study
 
 B, T = 3, 8
@@ -296,3 +298,26 @@ def test_benchmark_train_step_runs_with_each_remat_and_records_it(tmp_path):
         (fw, r) for fw in ("torch", "jax") for r in REMATS
     )
     assert all(r["parity_ok"] for r in rows)
+
+
+def test_jax_remat_shrinks_xla_cpu_plan_with_the_memory_optimised_scheduler():
+    """XLA:CPU's default scheduler runs a checkpointed block's recomputation as early as its
+    inputs allow, beside the forward pass, so the plan keeps both copies and remat saves
+    nothing; compiled with ``jax_impl.train.compiler_options("cpu")`` (the memory-optimised
+    scheduler, as the Trainer and the benchmarks compile), the plan of the gradient shrinks
+    in the policies' order. Math backend, 4 layers, T=64: the (H, T, T) weights dominate."""
+    cfg = EncoderConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_layers=4, max_len=64)
+    options = jax_impl.train.compiler_options("cpu")
+    assert options  # a CPU gets the memory-optimised scheduler
+
+    def temporaries(remat, options):
+        c = memory_plan.compiled(cfg, "math", 1, 64, remat=remat, options=options)
+        return c.memory_analysis().temp_size_in_bytes
+
+    planned = {r: temporaries(r, options) for r in REMATS}
+    assert planned["block"] < planned["attention"] < planned["none"], planned
+    # block frees at least the (H, T, T) float32 weights of all layers but one
+    assert planned["none"] - planned["block"] >= (cfg.n_layers - 1) * 2 * 64 * 64 * 4
+    assert temporaries("block", None) > planned["block"]  # the default scheduler's order
+    assert jax_impl.train.compiler_options("gpu") == {}
+    assert jax_impl.train.compiler_options("cpu", memory_scheduler=False) == {}

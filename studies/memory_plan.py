@@ -22,9 +22,10 @@ from benchmarks.suites import load_config
 from shared import BACKENDS
 
 
-def compiled(cfg, backend: str, batch: int, seq_len: int, *, remat: str = "none"):
+def compiled(cfg, backend: str, batch: int, seq_len: int, *, remat: str = "none", options=None):
     """XLA's compiled jit(value_and_grad(loss)) of the encoder with ``backend`` and ``remat``
-    (``shared.backends.REMATS``), for a random (batch, seq_len) batch of ids."""
+    (``shared.backends.REMATS``), for a random (batch, seq_len) batch of ids, with XLA's
+    compiler ``options`` (None: its defaults; ``jax_impl.train.compiler_options``)."""
     model = jax_impl.TransformerEncoder(cfg, backend=backend, remat=remat, rngs=nnx.Rngs(0))
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -33,7 +34,7 @@ def compiled(cfg, backend: str, batch: int, seq_len: int, *, remat: str = "none"
     def loss(params):
         return (nnx.merge(graphdef, params, rest)(ids) ** 2).mean()
 
-    return jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+    return jax.jit(jax.value_and_grad(loss), compiler_options=options).lower(params).compile()
 
 
 def plan(cfg, backend: str, batch: int, seq_len: int, *, remat: str = "none") -> dict[str, int]:

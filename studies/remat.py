@@ -6,7 +6,9 @@ For each attention backend and each ``remat`` policy (``shared.backends.REMATS``
 
 * JAX: the temporaries of XLA's buffer plan for the jitted loss-and-gradient
   (``studies.memory_plan.plan``): activations kept for the backward plus scratch, as the
-  compiler assigns them. No run: the figures are the compiler's plan.
+  compiler assigns them, under XLA:CPU's default (concurrency-optimised) scheduler and under
+  its memory-optimised one (``jax_impl.train.compiler_options``), and the dot ops of the
+  first. No run: the figures are the compiler's plan.
 * PyTorch: the bytes of the distinct tensors autograd saves for the backward during one
   forward with gradients (``torch.autograd.graph.saved_tensors_hooks``), plus the inputs a
   checkpointed call keeps to recompute itself (``torch.utils.checkpoint`` holds them outside
@@ -22,6 +24,7 @@ import argparse
 import numpy as np
 import torch
 
+import jax_impl.train
 import torch_impl
 from benchmarks.suites import load_config
 from shared.backends import REMATS
@@ -101,16 +104,25 @@ def main(argv: list[str] | None = None) -> None:
     print("d_model-wide float32 vectors per token per layer (MiB in brackets)")
     print(
         f"{'backend':8s}{'remat':10s}{'JAX: XLA temporaries':>30s}{'dot ops':>9s}"
-        f"{'PyTorch: saved tensors':>32s}"
+        f"{'memory scheduler':>28s}{'PyTorch: saved tensors':>32s}"
     )
+    memory = jax_impl.train.compiler_options("cpu")
     for backend in args.backends.split(","):
         for remat in args.remat.split(","):
             compiled = memory_plan.compiled(cfg, backend, args.batch, args.seq_len, remat=remat)
             plan, dots = compiled.memory_analysis().temp_size_in_bytes, _dots(compiled)
+            ordered = (
+                memory_plan.compiled(
+                    cfg, backend, args.batch, args.seq_len, remat=remat, options=memory
+                )
+                .memory_analysis()
+                .temp_size_in_bytes
+            )
             saved = torch_saved(cfg, backend, remat, args.batch, args.seq_len)
             print(
                 f"{backend:8s}{remat:10s}"
                 f"{plan / unit:16.1f} ({plan / 2**20:7,.0f} MiB){dots:9d}"
+                f"{ordered / unit:14.1f} ({ordered / 2**20:7,.0f} MiB)"
                 f"{saved / unit:18.1f} ({saved / 2**20:7,.0f} MiB)",
                 flush=True,
             )
