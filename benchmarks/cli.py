@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_mesh,
         action="append",
         default=[],
-        metavar=",".join(f"{a}=N" for a in meshes.MESH_AXES) + "[,fsdp]",
+        metavar=",".join(f"{a}=N" for a in meshes.MESH_AXES) + "[,fsdp][,context=ring|all_gather]",
         help="also run every train-step row of the selection on this device mesh "
         "(repeatable); everything else (config, shapes, repeats) stays the suite's. "
         "`--suite mesh` is a one-shape train step made for it. On a CPU, JAX gets N*M host "

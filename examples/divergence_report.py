@@ -5,7 +5,7 @@ far apart their hidden states and attention weights are, under three precision s
     python -m examples.divergence_report --checkpoint model.safetensors --out out/divergence
     python -m examples.divergence_report --hf FOLDER --out out/divergence   # any shared.hf family
 
-``--checkpoint`` takes a checkpoint of format 1 or 2. To gate a CI job on one checkpoint, or
+``--checkpoint`` takes a checkpoint of format 1, 2 or 3. To gate a CI job on one checkpoint, or
 to compare a Hugging Face folder against transformers too, use ``twin-encoder check PATH``:
 this script is its study companion, with all three settings and a plot.
 
@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     source = p.add_mutually_exclusive_group()
     source.add_argument(
-        "--checkpoint", type=Path, help="a checkpoint (.safetensors, format 1 or 2)"
+        "--checkpoint", type=Path, help="a checkpoint (.safetensors, format 1 to 3)"
     )
     source.add_argument(
         "--hf",
