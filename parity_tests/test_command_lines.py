@@ -211,7 +211,7 @@ def test_help_answers_without_importing_torch_or_jax(tmp_path, module, argv):
 
 def test_help_texts_say_what_the_tools_now_take(tmp_path):
     divergence, _ = _run("examples.divergence_report", ["--help"], tmp_path)
-    assert "format 1 or 2" in divergence.stdout
+    assert "format 1 to 3" in divergence.stdout
     assert re.search(r"--device \{cpu,gpu,tpu,auto\}", divergence.stdout)
     assert "Exit status" in divergence.stdout
     maps, _ = _run("examples.attention_maps", ["--help"], tmp_path)
