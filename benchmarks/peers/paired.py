@@ -114,3 +114,7 @@ def profile_torch(call, rows: int = 12) -> tuple[dict[str, int], str]:
     self_ms = sum(e.self_cpu_time_total for e in events) / 1e3
     table = events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50)
     return counts, f"{sum(counts.values())} operator calls, {self_ms:.1f} ms self CPU time\n{table}"
+
+
+if __name__ == "__main__":
+    main()
