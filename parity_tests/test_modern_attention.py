@@ -68,7 +68,7 @@ def inputs(rng, b, h, g, t, hd, mask_kind, dtype=np.float64):
     return q, k, v, d_out, mask, padding
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     t=st.integers(1, 13),
     heads=st.sampled_from([(2, 2), (4, 2), (4, 1), (6, 3)]),

@@ -209,7 +209,7 @@ def test_jax_fused_kernel_computes_softmax_in_float32_even_for_float64(device, t
 
 
 @settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     n_heads=st.sampled_from([1, 2, 4]),
