@@ -4,6 +4,10 @@ them, and turn their outputs into NumPy. Tests compare with ``shared.tolerances`
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +17,8 @@ import torch
 import jax_impl
 import torch_impl
 from shared import EncoderConfig, layouts, reference
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TORCH_DTYPES = torch_impl.DTYPES
 JAX_DTYPES = jax_impl.DTYPES
@@ -222,3 +228,18 @@ def jax_forward_backward(
             "grads": grads,
             "grad_embeddings": to_numpy(g_offset),
         }
+
+
+def run_jax_cases(cases: str, *, devices: int = 4, env: dict | None = None, timeout: int = 600):
+    """``pytest parity_tests/<cases>`` in a child process whose JAX sees ``devices`` host
+    devices (JAX fixes its device count when it starts). ``env`` adds variables (where the
+    child writes its outputs). Returns ``(return code, stdout + stderr)``."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    cmd = [sys.executable, "-m", "pytest", f"parity_tests/{cases}", "-q", "-p", "no:cacheprovider"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr

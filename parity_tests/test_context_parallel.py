@@ -14,9 +14,6 @@ with 4 host devices; PyTorch's in gloo processes started by ``torch_impl.paralle
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ import pytest
 import torch
 
 from parity_tests import context_torch_workers as W
+from parity_tests.helpers import run_jax_cases
 from shared import parallel as plan
 from shared.tolerances import assert_close, tolerance
 from torch_impl import parallel
@@ -282,20 +280,6 @@ def test_jax_context_parallel_on_4_host_devices_equals_one_device(tmp_path):
     """Outputs and gradients of every case on seq=2 and seq=4 meshes, data=2 x seq=2 and
     model=2 x seq=2, and the ppermute / all_gather equations of each program; whole
     encoders (h and every parameter gradient) on seq=2 and data=2 x seq=2."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "PYTHONPATH": str(ROOT),
-    }
-    cmd = [sys.executable, "-m", "pytest", "parity_tests/context_jax_cases.py", "-q"]
-    done = subprocess.run(
-        [*cmd, "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-6000:]
+    rc, log = run_jax_cases("context_jax_cases.py")
+    assert rc == 0, log[-6000:]
     assert " passed" in log and "failed" not in log and "skipped" not in log, log[-3000:]

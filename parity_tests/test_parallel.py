@@ -8,9 +8,6 @@ workers live in parity_tests/mesh_torch_workers.py, importable, as ``mp.spawn`` 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ import torch
 import torch_impl
 import torch_impl.train as tt
 from parity_tests import mesh_torch_workers as W
-from parity_tests.helpers import make_inputs, random_weights, tiny_config
+from parity_tests.helpers import make_inputs, random_weights, run_jax_cases, tiny_config
 from shared import parallel as plan
 from shared.data import Dataset
 from shared.layouts import LAYOUTS
@@ -149,23 +146,9 @@ def test_bad_mesh_shapes_name_what_was_expected_and_what_was_got():
 def jax_mesh_outputs(tmp_path_factory) -> Path:
     """Run mesh_jax_cases.py on 4 host devices; its sharded outputs land in the folder."""
     folder = tmp_path_factory.mktemp("jax-mesh")
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "TWIN_MESH_OUTPUTS": str(folder),
-        "PYTHONPATH": str(ROOT),
-    }
-    cmd = [sys.executable, "-m", "pytest", "parity_tests/mesh_jax_cases.py", "-q"]
-    done = subprocess.run(
-        [*cmd, "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    folder.joinpath("log.txt").write_text(done.stdout + done.stderr)
-    folder.joinpath("rc").write_text(str(done.returncode))
+    rc, log = run_jax_cases("mesh_jax_cases.py", env={"TWIN_MESH_OUTPUTS": str(folder)})
+    folder.joinpath("log.txt").write_text(log)
+    folder.joinpath("rc").write_text(str(rc))
     return folder
 
 

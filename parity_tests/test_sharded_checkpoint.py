@@ -9,11 +9,8 @@ onto their mesh, write their own, and then die in a second write.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ import jax_impl.checkpoint
 import torch_impl
 import torch_impl.checkpoint
 from parity_tests import sharded_ckpt_workers as W
-from parity_tests.helpers import random_weights, tiny_config
+from parity_tests.helpers import random_weights, run_jax_cases, tiny_config
 from shared import hf, sharded
 from shared.layouts import CheckpointError
 from shared.tolerances import assert_close, tolerance
@@ -53,23 +50,11 @@ def _assert_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> No
 def out(tmp_path_factory) -> Path:
     """JAX on 4 host devices in a child pytest: its (data=2, model=2) save lands in out/jax."""
     folder = tmp_path_factory.mktemp("sharded")
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "TWIN_SHARDED_OUT": str(folder),
-        "PYTHONPATH": str(ROOT),
-    }
-    cmd = [sys.executable, "-m", "pytest", "parity_tests/sharded_ckpt_jax_cases.py", "-q"]
-    done = subprocess.run(
-        [*cmd, "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    rc, log = run_jax_cases(
+        "sharded_ckpt_jax_cases.py", env={"TWIN_SHARDED_OUT": str(folder)}, timeout=300
     )
-    folder.joinpath("log.txt").write_text(done.stdout + done.stderr)
-    folder.joinpath("rc").write_text(str(done.returncode))
+    folder.joinpath("log.txt").write_text(log)
+    folder.joinpath("rc").write_text(str(rc))
     return folder
 
 
