@@ -218,6 +218,30 @@ def query_blocks(j_start, j_stop, t: int, block_q: int, is_causal: bool, window)
     return lo // block_q, jnp.where(hi > lo, -(-hi // block_q), lo // block_q)
 
 
+def blocked(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """x with ``axis`` (a multiple of ``size`` long) cut into blocks of ``size``, the block
+    index moved to the front: (..., n * size, ...) -> (n, ..., size, ...)."""
+    shape = (*x.shape[:axis], x.shape[axis] // size, size, *x.shape[axis + 1 :])
+    return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def unblocked(x: jax.Array, axis: int) -> jax.Array:
+    """The inverse of :func:`blocked`: (n, ..., size, ...) -> (..., n * size, ...)."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape((*x.shape[:axis], -1, *x.shape[axis + 2 :]))
+
+
+def is_masked(mask, key_padding_mask, is_causal: bool, window, s: int, block_k: int) -> bool:
+    """Whether any score may be masked: False lets the loops skip building block masks."""
+    return not (
+        mask is None
+        and key_padding_mask is None
+        and not is_causal
+        and window is None
+        and s % block_k == 0
+    )
+
+
 def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, window=None):
     """Algorithm 1. Returns ``(O (B, H, T, hd) in v's dtype, L (B, H, T) log-sum-exp)``.
     ``window``: keys |t - s| <= window only (None: no window).
@@ -235,16 +259,17 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, 
     g, s = k.shape[1], k.shape[2]
     n_q, n_k = -(-t // block_q), -(-s // block_k)
     scale = 1.0 / math.sqrt(hd)
+    masked = is_masked(mask, key_padding_mask, is_causal, window, s, block_k)
     mask, real = padded_masks(
         grouped_mask(mask, g), key_padding_mask, k, n_q * block_q, n_k * block_k
     )
-    qg = pad_to(grouped(q, g), 3, n_q * block_q)  # (B, G, H/G, Tp, hd)
-    kg = pad_to(k, 2, n_k * block_k)[:, :, None]  # (B, G, 1, Sp, hd)
-    vg = pad_to(v, 2, n_k * block_k)[:, :, None]
+    qg = blocked(pad_to(grouped(q, g), 3, n_q * block_q), 3, block_q)  # (n_q, B, G, H/G, Br, hd)
+    k_t = blocked(pad_to(k, 2, n_k * block_k), 2, block_k).swapaxes(-2, -1)[:, :, :, None]
+    vg = blocked(pad_to(v, 2, n_k * block_k), 2, block_k)[:, :, :, None]  # (n_k, B, G, 1, Bc, hd)
 
     def query_block(i):  # step 1-2
         i0 = i * block_q
-        q_i = lax.dynamic_slice_in_dim(qg, i0, block_q, axis=3).astype(acc) * scale
+        q_i = qg[i].astype(acc) * scale  # (B, G, H/G, Br, hd)
         m_i = jnp.full(q_i.shape[:-1], -jnp.inf, dtype=acc)  # (B, G, H/G, Br)
         l_i = jnp.zeros_like(m_i)
         o_i = jnp.zeros_like(q_i)  # (B, G, H/G, Br, hd)
@@ -252,11 +277,12 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, 
         def key_block(j, carry):  # step 3
             m_i, l_i, o_i = carry
             j0 = j * block_k
-            k_j = lax.dynamic_slice_in_dim(kg, j0, block_k, axis=3).astype(acc)  # (B, G, 1, Bc, hd)
-            v_j = lax.dynamic_slice_in_dim(vg, j0, block_k, axis=3).astype(acc)
-            s_ij = q_i @ k_j.swapaxes(-2, -1)  # step 4: (B, G, H/G, Br, Bc)
-            allowed = block_mask(mask, real, is_causal, window, i0, j0, block_q, block_k)
-            s_ij = jnp.where(allowed, s_ij, -jnp.inf)
+            k_j = lax.dynamic_index_in_dim(k_t, j, keepdims=False).astype(acc)  # (B, G, 1, hd, Bc)
+            v_j = lax.dynamic_index_in_dim(vg, j, keepdims=False).astype(acc)  # (B, G, 1, Bc, hd)
+            s_ij = q_i @ k_j  # step 4: (B, G, H/G, Br, Bc)
+            if masked:
+                allowed = block_mask(mask, real, is_causal, window, i0, j0, block_q, block_k)
+                s_ij = jnp.where(allowed, s_ij, -jnp.inf)
             m_new = jnp.maximum(m_i, s_ij.max(axis=-1))  # step 5
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with no key yet
             p_ij = jnp.exp(s_ij - m_safe[..., None])
@@ -273,8 +299,8 @@ def flash_forward(q, k, v, mask, key_padding_mask, is_causal, block_q, block_k, 
         return o_i, jnp.where(has_key, m_i + jnp.log(l_safe), jnp.inf)
 
     o, lse = lax.map(query_block, jnp.arange(n_q))  # (n_q, B, G, H/G, Br, hd), (n_q, B, G, H/G, Br)
-    o = jnp.moveaxis(o, 0, 3).reshape(b, h, n_q * block_q, hd)[:, :, :t]  # (B, H, T, hd)
-    lse = jnp.moveaxis(lse, 0, 3).reshape(b, h, n_q * block_q)[:, :, :t]  # (B, H, T)
+    o = unblocked(o, 3).reshape(b, h, n_q * block_q, hd)[:, :, :t]  # (B, H, T, hd)
+    lse = unblocked(lse, 3).reshape(b, h, n_q * block_q)[:, :, :t]  # (B, H, T)
     return o.astype(v.dtype), lse
 
 
@@ -291,63 +317,70 @@ def flash_backward(
     6.     dS_ij = P_ij * (dP_ij - D_i).
     7.     dQ_i += dS_ij K_j / sqrt(hd);  dK_j += dS_ij^T Q_i / sqrt(hd).
     With grouped K/V heads, dK_j and dV_j also sum over the H/G query heads of each group.
+
+    Each block is computed transposed, (Bc, Br): S_ij^T = K_j Q_i^T, P_ij^T, dP_ij^T =
+    V_j dO_i^T, dS_ij^T, and dQ_i^T += K_j^T dS_ij^T, so that every product takes its left
+    operand as it is stored (Q^T, dO^T and K^T are transposed once, before the loops).
     """
     acc = accumulator_dtype(q)
     b, h, t, hd = q.shape
     g, s = k.shape[1], k.shape[2]
     n_q, n_k = -(-t // block_q), -(-s // block_k)
     scale = 1.0 / math.sqrt(hd)
+    masked = is_masked(mask, key_padding_mask, is_causal, window, s, block_k)
     d_out = grouped(d_out, g).astype(acc)  # (B, G, H/G, T, hd)
     delta = (d_out * grouped(out, g).astype(acc)).sum(axis=-1)  # step 1: (B, G, H/G, T)
     mask, real = padded_masks(
         grouped_mask(mask, g), key_padding_mask, k, n_q * block_q, n_k * block_k
     )
-    qg, d_out = pad_to(grouped(q, g), 3, n_q * block_q), pad_to(d_out, 3, n_q * block_q)
-    lse = pad_to(grouped(lse, g), 3, n_q * block_q, jnp.inf)
-    delta = pad_to(delta, 3, n_q * block_q)
-    k, v = pad_to(k, 2, n_k * block_k), pad_to(v, 2, n_k * block_k)
-    dq = jnp.zeros(qg.shape, dtype=acc)
-    dk = jnp.zeros(k.shape, dtype=acc)
-    dv = jnp.zeros(v.shape, dtype=acc)
+    qg = blocked(pad_to(grouped(q, g).astype(acc), 3, n_q * block_q), 3, block_q)
+    d_out = blocked(pad_to(d_out, 3, n_q * block_q), 3, block_q)  # (n_q, B, G, H/G, Br, hd)
+    q_t, d_out_t = qg.swapaxes(-2, -1), d_out.swapaxes(-2, -1)  # (n_q, B, G, H/G, hd, Br)
+    lse = blocked(pad_to(grouped(lse, g), 3, n_q * block_q, jnp.inf), 3, block_q)
+    delta = blocked(pad_to(delta, 3, n_q * block_q), 3, block_q)  # (n_q, B, G, H/G, Br)
+    kg = blocked(pad_to(k, 2, n_k * block_k).astype(acc), 2, block_k)[:, :, :, None]
+    vg = blocked(pad_to(v, 2, n_k * block_k).astype(acc), 2, block_k)[:, :, :, None]
+    k_t = kg.swapaxes(-2, -1)  # (n_k, B, G, 1, hd, Bc)
+    dq_t = jnp.zeros(q_t.shape, dtype=acc)
 
-    def key_block(j, grads):  # step 2
-        dq, dk, dv = grads
+    def key_block(dq_t, xs):  # step 2
+        j, k_j, k_t_j, v_j = xs  # (B, G, 1, Bc, hd), (B, G, 1, hd, Bc), (B, G, 1, Bc, hd)
         j0 = j * block_k
-        k_j = lax.dynamic_slice_in_dim(k, j0, block_k, axis=2)[:, :, None].astype(acc)
-        v_j = lax.dynamic_slice_in_dim(v, j0, block_k, axis=2)[:, :, None].astype(acc)
-        dk_j = jnp.zeros_like(k_j)  # (B, G, 1, Bc, hd)
+        dk_j = jnp.zeros_like(k_j)
         dv_j = jnp.zeros_like(v_j)
 
         def query_block(i, carry):  # step 3
-            dq, dk_j, dv_j = carry
+            dq_t, dk_j, dv_j = carry
             i0 = i * block_q
-            q_i = lax.dynamic_slice_in_dim(qg, i0, block_q, axis=3).astype(acc)
-            s_ij = (q_i * scale) @ k_j.swapaxes(-2, -1)  # step 4: (B, G, H/G, Br, Bc)
-            p_ij = jnp.exp(s_ij - lax.dynamic_slice_in_dim(lse, i0, block_q, axis=3)[..., None])
-            allowed = block_mask(mask, real, is_causal, window, i0, j0, block_q, block_k)
-            p_ij = jnp.where(allowed, p_ij, 0.0)
-            do_i = lax.dynamic_slice_in_dim(d_out, i0, block_q, axis=3)  # (B, G, H/G, Br, hd)
-            dv_j = dv_j + (p_ij.swapaxes(-2, -1) @ do_i).sum(axis=2, keepdims=True)  # step 5
-            dp_ij = do_i @ v_j.swapaxes(-2, -1)  # (B, G, H/G, Br, Bc)
-            d_i = lax.dynamic_slice_in_dim(delta, i0, block_q, axis=3)
-            ds_ij = p_ij * (dp_ij - d_i[..., None])  # step 6
-            dq_i = lax.dynamic_slice_in_dim(dq, i0, block_q, axis=3) + (ds_ij @ k_j) * scale
-            dq = lax.dynamic_update_slice_in_dim(dq, dq_i, i0, axis=3)  # step 7
-            dk_j = dk_j + (ds_ij.swapaxes(-2, -1) @ q_i).sum(axis=2, keepdims=True) * scale
-            return dq, dk_j, dv_j
+            q_i = lax.dynamic_index_in_dim(qg, i, keepdims=False)  # (B, G, H/G, Br, hd)
+            q_t_i = lax.dynamic_index_in_dim(q_t, i, keepdims=False)  # (B, G, H/G, hd, Br)
+            s_ji = (k_j * scale) @ q_t_i  # step 4: S_ij^T (B, G, H/G, Bc, Br)
+            l_i = lax.dynamic_index_in_dim(lse, i, keepdims=False)[..., None, :]
+            p_ji = jnp.exp(s_ji - l_i)
+            if masked:
+                allowed = block_mask(mask, real, is_causal, window, i0, j0, block_q, block_k)
+                p_ji = jnp.where(allowed.swapaxes(-2, -1), p_ji, 0.0)
+            do_i = lax.dynamic_index_in_dim(d_out, i, keepdims=False)  # (B, G, H/G, Br, hd)
+            dv_j = dv_j + (p_ji @ do_i).sum(axis=2, keepdims=True)  # step 5
+            dp_ji = v_j @ lax.dynamic_index_in_dim(d_out_t, i, keepdims=False)  # (.., Bc, Br)
+            d_i = lax.dynamic_index_in_dim(delta, i, keepdims=False)[..., None, :]
+            ds_ji = p_ji * (dp_ji - d_i)  # step 6
+            dq_t_i = lax.dynamic_index_in_dim(dq_t, i, keepdims=False) + (k_t_j @ ds_ji) * scale
+            dq_t = lax.dynamic_update_index_in_dim(dq_t, dq_t_i, i, 0)  # step 7
+            dk_j = dk_j + (ds_ji @ q_i).sum(axis=2, keepdims=True) * scale
+            return dq_t, dk_j, dv_j
 
         j_stop = jnp.minimum(j0 + block_k, s)
         first, stop = query_blocks(j0, j_stop, t, block_q, is_causal, window)
-        dq, dk_j, dv_j = lax.fori_loop(first, stop, query_block, (dq, dk_j, dv_j))
-        dk = lax.dynamic_update_slice_in_dim(dk, dk_j[:, :, 0], j0, axis=2)
-        dv = lax.dynamic_update_slice_in_dim(dv, dv_j[:, :, 0], j0, axis=2)
-        return dq, dk, dv
+        dq_t, dk_j, dv_j = lax.fori_loop(first, stop, query_block, (dq_t, dk_j, dv_j))
+        return dq_t, (dk_j[:, :, 0], dv_j[:, :, 0])
 
-    dq, dk, dv = lax.fori_loop(0, n_k, key_block, (dq, dk, dv))
+    dq_t, (dk, dv) = lax.scan(key_block, dq_t, (jnp.arange(n_k), kg, k_t, vg))
+    dq = unblocked(dq_t.swapaxes(-2, -1), 3).reshape(b, h, n_q * block_q, hd)
     return (
-        dq.reshape(b, h, n_q * block_q, hd)[:, :, :t].astype(q.dtype),
-        dk[:, :, :s].astype(k.dtype),
-        dv[:, :, :s].astype(v.dtype),
+        dq[:, :, :t].astype(q.dtype),
+        unblocked(dk, 2)[:, :, :s].astype(k.dtype),
+        unblocked(dv, 2)[:, :, :s].astype(v.dtype),
     )
 
 
