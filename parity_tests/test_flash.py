@@ -184,6 +184,70 @@ def test_flash_attention_any_length_blocks_and_mask_float64(
             assert_close(g, e, tol, f"{name} flash d/d{wrt}")
 
 
+@pytest.mark.parametrize("blocks", [(4, 6), (12, 3), (5, 4)])
+def test_flash_without_any_mask_whole_key_blocks_float64(blocks):
+    """No mask, padding, causality or window, and T a multiple of Bc: the JAX loops build no
+    block mask (``is_masked`` false); outputs and gradients still equal the oracle's."""
+    rng = np.random.default_rng(sum(blocks))
+    q, k, v, d_out, mask, padding = attention_inputs(rng, 2, 2, 12, 4, "none")
+    assert not jax_impl.flash.is_masked(mask, padding, False, None, 12, blocks[1])
+    full = dense(mask, padding, False, 12)
+    expected, _ = reference.scaled_dot_product_attention(q, k, v, full)
+    expected_grads = math_grads_torch(q, k, v, d_out, full)
+    tol = tolerance("float64")
+    with jax_dtype_scope("float64"):
+        out, grads = jax_flash_and_grads(q, k, v, d_out, mask, padding, False, blocks, jit=True)
+    assert_close(out, expected, tol, "jax flash output")
+    for g, e, wrt in zip(grads, expected_grads, "qkv", strict=True):
+        assert_close(g, e, tol, f"jax flash d/d{wrt}")
+
+
+def loop_products(jaxpr, in_loop=False):
+    """``(dot_general equation, its operands' ranks)`` and transposes found inside the bodies
+    of ``while`` / ``scan`` loops of ``jaxpr``, recursively."""
+    dots, transposes = [], []
+    for eqn in jaxpr.eqns:
+        if in_loop and eqn.primitive.name == "dot_general":
+            dots.append((eqn, [len(x.aval.shape) for x in eqn.invars]))
+        if in_loop and eqn.primitive.name == "transpose":
+            transposes.append(eqn)
+        inner = in_loop or eqn.primitive.name in ("while", "scan")
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns"):
+                    d, t = loop_products(sub, inner)
+                    dots += d
+                    transposes += t
+    return dots, transposes
+
+
+def test_jax_flash_loops_multiply_blocks_as_they_are_stored():
+    """Inside the loops, every product of the forward and the backward contracts the left
+    operand's last axis with the right operand's first non-batch axis, and nothing is
+    transposed: XLA:CPU's GEMM (YNNPACK) takes only that form, and for any other XLA copies
+    a transposed block on every loop step (``jax_impl/flash.py``, "Layout"). As many K/V
+    heads as query heads (BERT's case); the kernel before this layout had 5 transposes."""
+    x = jnp.ones((1, 4, 32, 8))
+    for causal in (False, True):
+        jaxpr = jax.make_jaxpr(
+            jax.grad(
+                lambda q, k, v, c=causal: jax_impl.flash_attention(
+                    q, k, v, is_causal=c, block_q=8, block_k=16
+                ).sum(),
+                argnums=(0, 1, 2),
+            )
+        )(x, x, x).jaxpr
+        dots, transposes = loop_products(jaxpr)
+        assert len(dots) == 7, f"expected 2 forward + 5 backward products, got {len(dots)}"
+        assert not transposes, f"transposes inside the loops: {transposes}"
+        for eqn, (lhs_rank, _) in dots:
+            (lhs_c, rhs_c), (lhs_b, rhs_b) = eqn.params["dimension_numbers"]
+            assert tuple(lhs_b) == tuple(rhs_b) == tuple(range(len(lhs_b))), eqn
+            assert tuple(lhs_c) == (lhs_rank - 1,), f"left operand contracted on {lhs_c}: {eqn}"
+            assert tuple(rhs_c) == (len(rhs_b),), f"right operand contracted on {rhs_c}: {eqn}"
+
+
 def test_rows_with_no_key_give_zeros_and_finite_gradients():
     rng = np.random.default_rng(0)
     q, k, v, d_out, mask, _ = attention_inputs(rng, 1, 2, 6, 4, "custom")
