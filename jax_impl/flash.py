@@ -193,23 +193,28 @@ def padded_masks(mask, key_padding_mask, k, t_pad: int, s_pad: int):
     return mask, real
 
 
-def block_mask(mask, real, is_causal: bool, window, i0, j0, block_q: int, block_k: int):
-    """The allowed (B|1, G|1, H/G|1, Br, Bc) entries of the block at rows i0.., keys j0.."""
-    allowed = lax.dynamic_slice_in_dim(real, j0, block_k, axis=1)[
-        :, None, None, None, :
-    ]  # (B|1, 1, 1, 1, Bc)
+def block_mask(
+    mask, real, is_causal: bool, window, i0, j0, block_q: int, block_k: int, transposed=False
+):
+    """The allowed (B|1, G|1, H/G|1, Br, Bc) entries of the block at rows i0.., keys j0..;
+    ``transposed``: the same entries as (B|1, G|1, H/G|1, Bc, Br), built in that order (a
+    general ``mask``'s block is the only one transposed)."""
+    keys = lax.dynamic_slice_in_dim(real, j0, block_k, axis=1)  # (B|1, Bc)
+    allowed = keys[:, None, None, :, None] if transposed else keys[:, None, None, None, :]
     if mask is not None:
         rows = mask if mask.shape[3] == 1 else lax.dynamic_slice_in_dim(mask, i0, block_q, axis=3)
-        allowed = allowed & lax.dynamic_slice_in_dim(rows, j0, block_k, axis=4)
+        given = lax.dynamic_slice_in_dim(rows, j0, block_k, axis=4)
+        allowed = allowed & (given.swapaxes(-2, -1) if transposed else given)
     if is_causal or window is not None:
-        t = i0 + jnp.arange(block_q)[:, None]  # (Br, 1)
-        s = j0 + jnp.arange(block_k)[None, :]  # (1, Bc)
-        near = jnp.ones((block_q, block_k), dtype=bool)
+        t = i0 + jnp.arange(block_q)  # (Br,)
+        s = j0 + jnp.arange(block_k)  # (Bc,)
+        t, s = (t[None, :], s[:, None]) if transposed else (t[:, None], s[None, :])
+        near = jnp.ones(jnp.broadcast_shapes(t.shape, s.shape), dtype=bool)
         if is_causal:
             near = near & (s <= t)
         if window is not None:
             near = near & (jnp.abs(t - s) <= window)
-        allowed = allowed & near[None, None, None]  # (B|1, G|1, H/G|1, Br, Bc)
+        allowed = allowed & near[None, None, None]  # (B|1, G|1, H/G|1, Br, Bc) or (.., Bc, Br)
     return allowed
 
 
@@ -378,8 +383,10 @@ def flash_backward(
             l_i = lax.dynamic_index_in_dim(lse, i, keepdims=False)[..., None, :]
             p_ji = jnp.exp(s_ji - l_i)
             if masked:
-                allowed = block_mask(mask, real, is_causal, window, i0, j0, block_q, block_k)
-                p_ji = jnp.where(allowed.swapaxes(-2, -1), p_ji, 0.0)
+                allowed = block_mask(
+                    mask, real, is_causal, window, i0, j0, block_q, block_k, transposed=True
+                )
+                p_ji = jnp.where(allowed, p_ji, 0.0)
             do_i = lax.dynamic_index_in_dim(d_out, i, keepdims=False)  # (B, G, H/G, Br, hd)
             dv_j = dv_j + (p_ji @ do_i).sum(axis=2, keepdims=True)  # step 5
             dp_ji = v_j @ lax.dynamic_index_in_dim(d_out_t, i, keepdims=False)  # (.., Bc, Br)
