@@ -39,9 +39,12 @@ Layout, for XLA:CPU's speed (same numbers, within float32 rounding):
 * Every product inside the loops takes its operands as they are stored, (rows, contracted)
   on the left and (contracted, columns) on the right. XLA:CPU's GEMM (YNNPACK) takes only
   that form: for ``A @ B.T`` or ``A.T @ B`` XLA copies a transposed block inside the loop,
-  and in the written-out backward those copies cost more than the products they fed. So K
-  is transposed once for the forward (S_ij = Q_i K_j^T reads K^T's block), and the backward
-  computes each block transposed, (Bc, Br) (see :func:`flash_backward`).
+  and in a profile of the backward as first written (``P^T dO``, ``dS^T Q``) the two
+  transposed (Br, Bc) copies took more time than any of the products. So K is transposed
+  once for the forward (S_ij = Q_i K_j^T reads K^T's block), and the backward computes each
+  block transposed, (Bc, Br) (see :func:`flash_backward`). This holds with as many K/V
+  heads as query heads; with G < H, ``@`` broadcasts a K/V block over its H/G query heads
+  and XLA may still transpose inside the loop.
 * Without a mask, padding, causality or window (and S a multiple of Bc) no block mask is
   built (:func:`is_masked`).
 * Blocks of 256 x 256 by default, where torch's flash uses 128 x 128: on a CPU the JAX

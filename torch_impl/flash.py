@@ -24,6 +24,11 @@ Scores and sums run in float32 (float64 for float64 inputs); the output has the 
 Grouped-query attention (Ainslie et al. 2023): k and v may have G heads, G dividing H.
 The H query heads are viewed as (G, H/G), so that each K/V block meets its H/G query
 heads by broadcasting: K and V are never repeated, and dK, dV sum over the group.
+
+Block sizes: 128 x 128 by default. JAX's kernel defaults to 256 x 256 and computes its
+backward blocks transposed: both for XLA:CPU's compiled loops, where they were measured
+(``jax_impl/flash.py``, ``studies/flash_speed.py``). This kernel's blocks run as eager
+PyTorch calls, and were not re-measured.
 """
 
 from __future__ import annotations
