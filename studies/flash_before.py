@@ -1,4 +1,9 @@
-"""FlashAttention-2 in JAX, written out: attention block by block, memory linear in T.
+"""A frozen copy of ``jax_impl/flash.py`` as it was before its loops were laid out for
+XLA:CPU (128 x 128 blocks, products with transposed operands inside the loops), kept only
+so that ``studies/flash_speed.py`` can time the old kernel beside the new one. Not used by
+the models; its tests were ``parity_tests/test_flash.py``'s at that time.
+
+FlashAttention-2 in JAX, written out: attention block by block, memory linear in T.
 
 Mirrors ``torch_impl/flash.py`` step for step. Read it beside the paper: Tri Dao,
 "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning" (2023),
