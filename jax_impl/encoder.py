@@ -11,6 +11,8 @@ uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zer
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,7 +302,7 @@ class EncoderLayer(nnx.Module):
     Dropout sits where the paper puts it: on each sub-layer's output. (PyTorch's
     ``nn.TransformerEncoderLayer`` also drops attention weights and FFN activations.)
     ``remat="attention"`` recomputes the attention sub-block in the backward
-    (``jax.checkpoint``); the stack handles ``"block"``.
+    (``_checkpointed``: a ``jax.custom_vjp``); the stack handles ``"block"``.
 
     Layer ``index`` reads its own parts of the config: its window (``cfg.layer_window``), its
     RoPE base (``cfg.layer_rope_theta``; the table ``inv_freq`` is a constant, not a
@@ -544,33 +546,99 @@ class TransformerEncoder(nnx.Module):
 
 
 def _checkpointed(module):
-    """``module``'s call, recomputed in the backward instead of keeping its activations
-    (``jax.checkpoint`` with the policy that saves nothing inside: the call's inputs are its
-    only residuals, no intermediate of the block, element-wise or matmul; dropout replays the
-    same key). Array arguments are traced; the others (flags, None) are fixed for the call.
-    What XLA's buffer plan then holds is measured by ``studies/remat.py``."""
+    """``module``'s call, recomputed in the backward instead of keeping its activations: the
+    call's inputs are its only residuals, no intermediate of the block, element-wise or
+    matmul; dropout replays the same keys. Array arguments (nested ones included) are
+    traced; the others (flags, None) are fixed for the call.
+
+    Written with ``jax.custom_vjp`` rather than ``jax.checkpoint`` for the order: a
+    ``jax.checkpoint`` recomputation needs only the block's inputs, so XLA:CPU's schedulers
+    may run it as early as the forward pass and keep every block's activations at once (its
+    optimization barriers are removed before scheduling). Here the backward recomputes from
+    inputs made to depend on the incoming cotangent, and passes its own cotangent on only
+    once its parameter gradients exist (:func:`_after`), so each block is recomputed when
+    the backward reaches it and its activations are freed before the next one's. Reverse
+    mode only: ``jax.jvp`` through it is a TypeError (``jax.checkpoint`` allowed it). What
+    XLA's buffer plan then holds is measured by ``studies/remat.py``."""
 
     def call(*args, **kwargs):
-        arrays = {k: v for k, v in kwargs.items() if isinstance(v, jax.Array)}
-        static = {k: v for k, v in kwargs.items() if k not in arrays}
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        traced = [isinstance(leaf, jax.Array) for leaf in leaves]
+        arrays = [leaf for leaf, t in zip(leaves, traced, strict=True) if t]
         graphdef, rng, rest = nnx.split(module, nnx.RngState, ...)
         drew = []
 
-        def run(rng, rest, args, arrays):
-            m = nnx.merge(graphdef, rng, rest)
-            out = m(*args, **arrays, **static)
+        def run(rng, rest, arrays):
+            given = iter(arrays)
+            values = [next(given) if t else leaf for leaf, t in zip(leaves, traced, strict=True)]
+            call_args, call_kwargs = jax.tree.unflatten(treedef, values)
+            m = nnx.merge(graphdef, rng, rest, copy=True)  # leaves the residuals as they are
+            out = m(*call_args, **call_kwargs)
             new = nnx.state(m, nnx.RngState)
             pairs = zip(jax.tree.leaves(rng), jax.tree.leaves(new), strict=True)
             drew.append(any(a is not b for a, b in pairs))
             return out, new
 
-        policy = jax.checkpoint_policies.nothing_saveable
-        out, rng = jax.checkpoint(run, policy=policy)(rng, rest, args, arrays)
+        out, rng = _recomputed(run)(rng, rest, arrays)
         if drew[-1]:  # dropout drew keys: write the advanced counters back, as a plain call does
             nnx.update(module, rng)
         return out
 
     return call
+
+
+def _recomputed(fn):
+    """``fn`` with a VJP that keeps only ``fn``'s inputs and runs ``fn`` again in the
+    backward, on inputs that depend on the cotangent (``_after``)."""
+
+    @jax.custom_vjp
+    def f(rng, rest, arrays):
+        return fn(rng, rest, arrays)
+
+    def forward(rng, rest, arrays):
+        return fn(rng, rest, arrays), (rng, rest, arrays)
+
+    def backward(residuals, cotangent):
+        rng, rest, arrays = residuals
+        rng, arrays = _after(cotangent, (rng, arrays))
+        _, vjp = jax.vjp(fn, rng, rest, arrays)
+        d_rng, d_rest, d_arrays = vjp(cotangent)
+        # the cotangent passed on to the blocks before this one waits for this block's
+        # parameter gradients, so its recomputed activations are freed before the next
+        # block's recomputation starts
+        return d_rng, d_rest, _after(d_rest, d_arrays)
+
+    f.defvjp(forward, backward)
+    return f
+
+
+def _after(source, tree):
+    """``tree``'s arrays with the same values, computed after ``source`` (a pytree: an
+    incoming cotangent, or parameter gradients): each numeric leaf of ``tree`` passes
+    through a select on whether ``source`` holds a NaN (tested on the largest magnitude of
+    its float leaves). A data dependency that XLA cannot simplify away, so no instruction
+    order runs what reads ``tree`` before ``source`` exists. Values: unchanged unless
+    ``source`` holds a NaN; then the float leaves become NaN and the integer ones zero
+    (the gradient is not finite then anyway). Typed PRNG keys pass as they are (the
+    counter beside them carries the dependency)."""
+    floats = [
+        jnp.max(jnp.abs(c)).astype(jnp.float32)
+        for c in jax.tree.leaves(source)
+        if jnp.issubdtype(c.dtype, jnp.inexact) and c.size
+    ]
+    if not floats:
+        return tree
+    probe = functools.reduce(jnp.maximum, floats)
+    nan = probe != probe  # True only if the source holds a NaN
+
+    def tie(x):
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.where(nan, probe.astype(x.dtype), x)
+        if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+            return jnp.where(nan, jnp.zeros_like(x), x)
+        return x
+
+    return jax.tree.map(tie, tree)
 
 
 def pack_outputs(x, attentions, hidden_states):

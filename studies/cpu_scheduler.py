@@ -9,9 +9,11 @@ starts independent work as early as it can so that the runtime may overlap it, o
 memory-optimised one (``CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``), which orders the same
 instructions to keep the fewest bytes live. The buffer plan follows the order: a value is
 kept from its producer to its last consumer. Under ``jax.checkpoint`` the recomputation of a
-block depends only on the block's saved inputs, so the concurrency-optimised order runs it
-as early as in the forward pass and the plan keeps both copies: there, activation
-checkpointing saves nothing.
+block depends only on the block's saved inputs, so the concurrency-optimised order ran it
+as early as in the forward pass and the plan kept both copies: there, activation
+checkpointing saved nothing. The model's remat (``jax_impl.encoder._checkpointed``) now
+makes each recomputation depend on the incoming cotangent, and the cotangent passed on
+depend on the block's parameter gradients, so both orders recompute block by block.
 
 For each backend and ``remat`` policy, the benchmark's compiled train step
 (``benchmarks.run_jax``: loss, gradient, clipping, AdamW, parameters and optimizer state
