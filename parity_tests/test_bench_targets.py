@@ -75,3 +75,45 @@ def test_long_sequence_targets_compare_jax_flash_with_torchs_best():
     assert memory[1] == 0.5 and verdict(*memory[1:]) == "MISSED"  # 1200 B is 2x torch's 600 B
     assert time[1:] == (0.8, None) and verdict(*time[1:]) == "stated"  # 4000 ms / 5000 ms
     assert all(m is None for _, m, _ in long_sequence_targets(rows[:2]))
+
+
+def test_long_sequence_memory_is_checked_per_remat_against_torchs_best_without_remat():
+    from benchmarks.targets import long_sequence_targets, verdict
+
+    step = {"batch": 1, "seq_len": 2048, "dtype": "float32", "phase": "train_step"}
+    step |= {"mode": "compiled", "implementation": "ours"}
+
+    def row(framework, backend, remat, ms, memory, **extra):
+        return {
+            "framework": framework,
+            "backend": backend,
+            "remat": remat,
+            "median_ms": ms,
+            "peak_memory_bytes": memory,
+            **extra,
+            **step,
+        }
+
+    rows = [
+        row("torch", "fused", "block", 5000.0, 300),  # not PyTorch's best without remat
+        row("torch", "fused", "none", 4000.0, 600),
+        row("jax", "flash", "block", 6000.0, 400, utilization=0.4),
+        row("jax", "flash", "none", 5000.0, 1200, utilization=0.5),
+    ]
+    got = {what: (measured, target) for what, measured, target in long_sequence_targets(rows)}
+    assert len(got) == 5
+    util = got["jax ours-flash compiled train step B=1, T=2048 / measured matmul peak"]
+    assert util == (0.5, 0.60)  # the row without remat, not the block one listed first
+    none = got["torch best peak memory / jax ours-flash peak memory, train step B=1, T=2048"]
+    assert none[0] == 0.5 and verdict(*none) == "MISSED"  # 1200 B is 2x torch's 600 B
+    block = got[
+        "torch best peak memory / jax ours-flash (remat block) peak memory, train step B=1, T=2048"
+    ]
+    assert block[0] == 1.5 and verdict(*block) == "met"  # 400 B against torch's 600 B
+    same = got[
+        "torch best (remat block) / jax ours-flash (remat block) peak memory, "
+        "train step B=1, T=2048"
+    ]
+    assert same == (0.75, None) and verdict(*same) == "stated"  # 300 B / 400 B
+    time = got["torch best time / jax ours-flash time, train step B=1, T=2048"]
+    assert time == (0.8, None)  # 4000 ms (no remat) / 5000 ms
