@@ -84,3 +84,32 @@ def test_each_xla_option_is_accepted_by_xla_cpu(name):
     x = jnp.ones((8, 4), jnp.float32)
     compiled = jax.jit(lambda a: jnp.tanh(a @ a.T), compiler_options=options).lower(x).compile()
     assert compiled(x).shape == (8, 8)
+
+
+def test_the_formulations_compose(as_built):
+    names = ("gelu via erf", "weight grads on YNNPACK", "layer norm custom_vjp")
+    _, got, grads = _loss_and_grads("none", names)
+    f32 = tolerance("float32", "cpu")
+    assert_close(got, as_built[1], f32, "loss")
+    flat_want = dict(jax.tree_util.tree_leaves_with_path(as_built[2]))
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert_close(g, flat_want[path], f32, f"d loss / d {jax.tree_util.keystr(path)}")
+
+
+def test_ynnpack_fusion_types_are_set_by_enum_name_and_emptied_by_an_empty_string():
+    # ``xla_cpu_experimental_ynn_fusion_type`` is a repeated enum: as a compile option it
+    # takes one value's full name ("dot", as XLA_FLAGS spells it, is refused), and "" leaves
+    # YNNPACK no fusion at all, so that every product runs on Eigen
+    x = jnp.ones((64, 32), jnp.float32)
+    w = jnp.ones((32, 48), jnp.float32)
+
+    def hlo(options):
+        return jax.jit(jnp.matmul, compiler_options=options).lower(x, w).compile().as_text()
+
+    assert "__ynn_fusion" in hlo({})
+    assert "__ynn_fusion" in hlo(
+        {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+    )
+    assert "__ynn_fusion" not in hlo({"xla_cpu_experimental_ynn_fusion_type": ""})
+    with pytest.raises(Exception, match="not a valid enum value"):
+        hlo({"xla_cpu_experimental_ynn_fusion_type": "dot"})

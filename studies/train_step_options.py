@@ -91,7 +91,17 @@ def candidates() -> dict[str, Candidate]:
     out = [Candidate("as committed")]
     out += [Candidate(name, options=opts) for name, opts in OPTIONS.items()]
     out += [Candidate(name, formulations=(name,)) for name in FORMULATIONS]
-    out.append(Candidate("erf + YNNPACK weight grads", ("gelu via erf", "weight grads on YNNPACK")))
+    both = ("gelu via erf", "weight grads on YNNPACK")
+    out.append(Candidate("erf + YNNPACK weight grads", both))
+    three = (*both, "layer norm custom_vjp")
+    out.append(Candidate("erf + YNNPACK + LN custom_vjp", three))
+    out.append(
+        Candidate(
+            "the three + no concurrency-optimised",
+            three,
+            OPTIONS["no concurrency-optimised scheduler"],
+        )
+    )
     return {c.name: c for c in out}
 
 
