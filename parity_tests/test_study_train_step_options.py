@@ -113,3 +113,22 @@ def test_ynnpack_fusion_types_are_set_by_enum_name_and_emptied_by_an_empty_strin
     assert "__ynn_fusion" not in hlo({"xla_cpu_experimental_ynn_fusion_type": ""})
     with pytest.raises(Exception, match="not a valid enum value"):
         hlo({"xla_cpu_experimental_ynn_fusion_type": "dot"})
+
+
+def test_the_remat_candidate_checkpoints_each_layer_with_dots_saveable():
+    """Not the model's own remat (a custom VJP): ``jax.checkpoint`` with the dots policy."""
+    model = jax_impl.TransformerEncoder(CFG, remat="block", rngs=nnx.Rngs(0))
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    ids = jnp.zeros((1, 4), jnp.int32)
+
+    def loss(params):
+        return nnx.merge(graphdef, params, rest)(ids).sum()
+
+    with study.formulation(("remat dots saveable",)):
+        text = str(jax.make_jaxpr(jax.grad(loss))(params))
+        forward = str(jax.make_jaxpr(loss)(params))
+    assert text.count("policy=DotsSaveable") == CFG.n_layers
+    assert "custom_vjp_call" not in forward
+    # the model's own remat again on leaving (a new function: tracing is cached per function)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda p: loss(p))(params))
