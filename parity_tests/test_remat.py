@@ -361,3 +361,32 @@ def test_jax_remat_on_data_and_seq_meshes_gives_the_gradients_of_one_device():
     rc, log = run_jax_cases("remat_jax_cases.py", devices=2, timeout=300)
     assert rc == 0, log[-6000:]
     assert "4 passed" in log and "failed" not in log and "skipped" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("remat", ["block", "attention"])
+def test_torch_flash_remat_inside_a_compiled_train_step_gives_the_gradients_of_no_remat(remat):
+    """Our flash function is a graph break under ``torch.compile``; a step compiled with its
+    backward inside recomputes the block around it (the reentrant checkpoint: the
+    non-reentrant one raised ``CheckpointError`` there, unpacking a saved tensor twice)."""
+    cfg = tiny_config()
+    weights = random_weights(cfg, seed=1)
+    ids = torch.as_tensor(make_inputs(cfg, B, T, seed=2)[0])
+
+    def gradients(remat, compiled):
+        model = _torch_model(cfg, weights, remat, "flash", "float32")
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            loss = model(ids).square().mean()
+            loss.backward()
+            return loss
+
+        run = torch.compile(step) if compiled else step
+        run()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want = gradients("none", compiled=False)
+    got = gradients(remat, compiled=True)
+    assert set(got) == set(want) and want
+    for name, w in want.items():
+        assert_close(got[name], w, tolerance("float32"), f"compiled flash remat={remat}: {name}")

@@ -11,6 +11,8 @@ uniform, biases zero, embedding tables N(0, 1), LayerNorm scale one and bias zer
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -353,7 +355,7 @@ class EncoderLayer(nn.Module):
     def _attend(self, x, masks, return_attention):
         attention = self.attention
         if self.remat == "attention":
-            attention = _checkpointed(attention)
+            attention = _checkpointed(attention, reentrant=attention.backend == "flash")
         if return_attention:
             return attention(x, **masks, return_attention=True)
         return attention(x, **masks), None
@@ -405,7 +407,7 @@ class Encoder(nn.Module):
         hidden_states = [x] if return_hidden_states else None
         for layer in self.layers:
             if self.remat == "block":
-                layer = _checkpointed(layer)
+                layer = _checkpointed(layer, reentrant=layer.attention.backend == "flash")
             x, weights = layer(
                 x,
                 mask,
@@ -523,11 +525,23 @@ class TransformerEncoder(nn.Module):
         return pack_outputs(x, attentions, hidden_states)
 
 
-def _checkpointed(module):
+def _checkpointed(module, *, reentrant: bool = False):
     """``module``'s call, recomputed in the backward instead of keeping its activations
-    (``torch.utils.checkpoint``, non-reentrant; dropout replays the same mask)."""
+    (``torch.utils.checkpoint``; dropout replays the same mask).
+
+    Non-reentrant unless ``reentrant``: the encoder asks for the reentrant form for a block
+    (layer or attention) whose attention runs our flash function, a deliberate graph break under
+    ``torch.compile``. Around a graph break the non-reentrant form wraps the compiled pieces
+    of the layer, whose backward unpacks a saved tensor twice when the backward runs inside
+    the compiled step (``CheckpointError: Unpack is being triggered for a tensor that was
+    already unpacked once``); the reentrant form recomputes the layer under its own autograd
+    graph and saves nothing through hooks. Keyword arguments (masks, flags, positions) are
+    bound to the call: the reentrant form takes positional inputs only."""
 
     def call(*args, **kwargs):
+        if reentrant:
+            bound = functools.partial(module, **kwargs)
+            return checkpoint(bound, *args, use_reentrant=True)
         return checkpoint(module, *args, use_reentrant=False, **kwargs)
 
     return call
