@@ -7,7 +7,8 @@ Two parts, float32, ``jax_default_matmul_precision="highest"``, BERT-base shapes
 
 1. flash attention alone, forward + backward (``jax.grad`` of <O, dO> with respect to Q, K
    and V under ``jax.jit``), B=1, H=12, T=2048, hd=64, no mask: the kernel as it was
-   (``studies/flash_before.py``, a frozen copy kept for this comparison only) and as it is
+   (``jax_impl/flash.py`` at ``--before``, read from the repository's history with ``git
+   show``; by default the commit before its loops were laid out for XLA:CPU) and as it is
    (``jax_impl/flash.py``), at each ``--blocks`` size (Br x Bc);
 2. the benchmarks' BERT-base train step at B=1, T=2048 on the flash backend, built as
    ``benchmarks/run_jax.py`` builds it (``JaxRunner._pure_function("train_step")``:
@@ -30,6 +31,8 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import subprocess
+import types
 from collections.abc import Callable
 
 import jax
@@ -47,10 +50,33 @@ from benchmarks.run_jax import JaxRunner, build_model
 from benchmarks.suites import load_config
 from shared.flops import encoder_phase_flops, matmul_flops
 from shared.reference import init_weights
-from studies import flash_before
 
-KERNELS = {"before": flash_before.flash_attention, "after": jax_impl.flash.flash_attention}
+BEFORE = "679c8bf"  # jax_impl/flash.py with 128 x 128 blocks and transposed loop operands
 PEAK_N = peak_matmul_size("cpu")
+
+
+def kernel_at(revision: str) -> types.ModuleType:
+    """``jax_impl/flash.py`` as it was at ``revision``, executed as a module of its own (it
+    imports today's ``shared`` and ``jax_impl``, as it did then). RuntimeError naming the
+    revision when git or that commit is not at hand (a copy without history)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{revision}:jax_impl/flash.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(
+            f"cannot read jax_impl/flash.py at {revision!r} from git: {e}; "
+            "run from a clone with its history, or pass --before REVISION"
+        ) from e
+    module = types.ModuleType(f"flash_at_{revision}")
+    exec(compile(source, f"{revision}:jax_impl/flash.py", "exec"), module.__dict__)
+    return module
 
 
 def attention_flops(b: int, h: int, t: int, hd: int) -> int:
@@ -139,21 +165,26 @@ def main(argv: list[str] | None = None) -> None:
         "--train-blocks", default="128x128", help="more Br x Bc sizes of the new kernel, part 2"
     )
     parser.add_argument("--skip-train-step", action="store_true")
+    parser.add_argument(
+        "--before", default=BEFORE, help=f"git revision of the old kernel (default {BEFORE})"
+    )
     args = parser.parse_args(argv)
+    before = kernel_at(args.before)
+    kernels = {"before": before.flash_attention, "after": jax_impl.flash.flash_attention}
     jax.config.update("jax_default_matmul_precision", "highest")
     _, cfg = load_config("bert-base")
     cfg = cfg.replace(max_len=max(cfg.max_len, args.seq_len))
     b, h, t, hd = 1, cfg.n_heads, args.seq_len, cfg.d_model // cfg.n_heads
     print(
         f"jax {jax.__version__}, float32, B={b}, H={h}, T={t}, hd={hd}; default blocks "
-        f"before {flash_before.BLOCK_Q}x{flash_before.BLOCK_K}, after "
+        f"before ({args.before}) {before.BLOCK_Q}x{before.BLOCK_K}, after "
         f"{jax_impl.flash.BLOCK_Q}x{jax_impl.flash.BLOCK_K}; load average at the start "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     calls: dict[str, Callable[[], object]] = {}
     for blocks in args.blocks.split(","):
         block_q, block_k = map(int, blocks.split("x"))
-        for name, kernel in KERNELS.items():
+        for name, kernel in kernels.items():
             calls[f"{name} {block_q}x{block_k}"] = attention_call(
                 kernel, b, h, t, hd, block_q, block_k
             )
@@ -161,10 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n1. flash attention alone, forward + backward, {args.repeats} rounds:")
     report(time_interleaved(calls, args.repeats), attention_flops(b, h, t, hd))
     if not args.skip_train_step:
-        calls = {f"train step, {name}": train_step_call(k, cfg, t) for name, k in KERNELS.items()}
+        calls = {f"train step, {name}": train_step_call(k, cfg, t) for name, k in kernels.items()}
         for blocks in filter(None, args.train_blocks.split(",")):
             block_q, block_k = map(int, blocks.split("x"))
-            kernel = functools.partial(KERNELS["after"], block_q=block_q, block_k=block_k)
+            kernel = functools.partial(kernels["after"], block_q=block_q, block_k=block_k)
             calls[f"train step, after {blocks}"] = train_step_call(kernel, cfg, t)
         calls["peak matmul"] = peak_call()
         print(f"\n2. BERT-base train step, B=1, T={t}, {args.train_repeats} rounds:")
