@@ -390,3 +390,23 @@ def test_torch_flash_remat_inside_a_compiled_train_step_gives_the_gradients_of_n
     assert set(got) == set(want) and want
     for name, w in want.items():
         assert_close(got[name], w, tolerance("float32"), f"compiled flash remat={remat}: {name}")
+
+
+def test_torch_flash_block_remat_with_dropout_in_a_compiled_step_fails_loudly():
+    """With dropout drawn the layer keeps the non-reentrant checkpoint (the reentrant one
+    replays other masks inside a compiled step: wrong gradients, silently); with the
+    backward inside the compiled step that is PyTorch's ``CheckpointError``, not a wrong
+    gradient. Eagerly it is right (``test_remat_replays_the_same_dropout_masks``)."""
+    from torch.utils.checkpoint import CheckpointError
+
+    cfg = tiny_config(dropout=0.1)
+    model = torch_impl.TransformerEncoder(cfg, backend="flash", remat="block").train()
+    ids = torch.as_tensor(make_inputs(cfg, B, T, seed=2)[0])
+
+    def step():
+        loss = model(ids).square().mean()
+        loss.backward()
+        return loss
+
+    with pytest.raises(CheckpointError, match="unpacked once"):
+        torch.compile(step)()

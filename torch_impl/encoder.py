@@ -407,7 +407,7 @@ class Encoder(nn.Module):
         hidden_states = [x] if return_hidden_states else None
         for layer in self.layers:
             if self.remat == "block":
-                layer = _checkpointed(layer, reentrant=layer.attention.backend == "flash")
+                layer = _checkpointed(layer, reentrant=_reentrant(layer))
             x, weights = layer(
                 x,
                 mask,
@@ -525,13 +525,26 @@ class TransformerEncoder(nn.Module):
         return pack_outputs(x, attentions, hidden_states)
 
 
+def _reentrant(layer: EncoderLayer) -> bool:
+    """Whether a checkpointed ``layer`` takes the reentrant form (:func:`_checkpointed`): when
+    its attention is flash and it draws no dropout. With dropout drawn, the reentrant form
+    inside a compiled step replays other masks than its forward drew (its forward runs
+    under ``no_grad``, another compiled graph): wrong gradients, silently. The
+    non-reentrant form is kept then: right eagerly and with the backward outside the
+    compiled step, a ``CheckpointError`` with the backward inside it (pinned by
+    ``test_remat.py``)."""
+    drops = layer.training and layer.dropout.p > 0
+    return layer.attention.backend == "flash" and not drops
+
+
 def _checkpointed(module, *, reentrant: bool = False):
     """``module``'s call, recomputed in the backward instead of keeping its activations
     (``torch.utils.checkpoint``; dropout replays the same mask).
 
     Non-reentrant unless ``reentrant``: the encoder asks for the reentrant form for a block
-    (layer or attention) whose attention runs our flash function, a deliberate graph break under
-    ``torch.compile``. Around a graph break the non-reentrant form wraps the compiled pieces
+    (layer or attention) whose attention runs our flash function, a deliberate graph break
+    under ``torch.compile``, and that draws no dropout (:func:`_reentrant`; the attention
+    block has none). Around a graph break the non-reentrant form wraps the compiled pieces
     of the layer, whose backward unpacks a saved tensor twice when the backward runs inside
     the compiled step (``CheckpointError: Unpack is being triggered for a tensor that was
     already unpacked once``); the reentrant form recomputes the layer under its own autograd
