@@ -341,6 +341,13 @@ def _check(args, suite, cfg, selection: Selection, *, tf32: bool = True) -> list
             "--mesh runs train-step rows on the mesh, and this selection has none: add "
             "--phases train_step, or use --suite mesh"
         )
+    asked = [r for r in selection.remats if r != "none"]
+    if asked and not any(c.remat != "none" for c in cases):
+        raise UsageError(
+            f"--remat {','.join(asked)} applies to rows with a backward (train_step, "
+            "forward_backward) of an ours-* variant, and this selection has none: add "
+            "--variants ours-... or --phases train_step"
+        )
     for name in dict.fromkeys(c.variant for c in cases):
         problem = peers.config_problem(REGISTRY[name], cfg)
         if problem:

@@ -205,6 +205,23 @@ def test_help_answers_without_importing_torch_or_jax():
             ("--device", "cpu", "--suite", "standard", "--variants", "keras"),
             "needs activation='gelu_tanh', got activation='gelu'",
         ),
+        (
+            (
+                "--device",
+                "cpu",
+                "--config",
+                "bert-base-tanh",
+                "--variants",
+                "hf",
+                "--remat",
+                "block",
+            ),
+            "--remat block applies to rows with a backward (train_step, forward_backward) of an",
+        ),
+        (
+            ("--device", "cpu", "--phases", "forward", "--remat", "none,attention"),
+            "--remat attention applies to rows with a backward",
+        ),
         (("--mesh", "pipe=2"), "expected data=N,model=N,seq=N[,fsdp]"),
         (("--out", "README.md"), "cannot write folder README.md: it is a file"),
         (("--mesh", "data=3", "--batch", "8"), "batch=8 is not divisible by the mesh's data=3"),
