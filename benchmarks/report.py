@@ -90,6 +90,7 @@ _COLUMNS: tuple[tuple[str, Any, bool], ...] = (
     ("parity", _parity, True),
 )
 _MESH_COLUMN = ("mesh", lambda r: r.mesh or "-", False)
+_REMAT_COLUMN = ("remat", lambda r: r.remat, False)
 
 
 def format_table(rows: Sequence[Row], *, width: int = WIDTH) -> str:
@@ -99,6 +100,8 @@ def format_table(rows: Sequence[Row], *, width: int = WIDTH) -> str:
     columns = list(_COLUMNS)
     if any(r.mesh for r in rows):
         columns.insert(4, _MESH_COLUMN)
+    if any(r.remat != "none" for r in rows):  # shown when a sweep holds a remat policy
+        columns.insert(4, _REMAT_COLUMN)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0), show_edge=False)
     for header, _, right in columns:
         table.add_column(header, justify="right" if right else "left", no_wrap=True)

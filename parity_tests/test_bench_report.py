@@ -139,6 +139,17 @@ def test_table_keeps_to_120_columns_and_marks_parity_outside_tolerance():
     assert "mesh" in lines[0] and "ms" in lines[0]
 
 
+def test_the_table_shows_remat_when_a_row_has_a_policy():
+    plain = report.format_table([_row(), _row(framework="jax")])
+    assert "remat" not in plain.splitlines()[0]
+    rows = [_row(median_ms=10.0), _row(median_ms=13.0, remat="block")]
+    lines = report.format_table(rows).splitlines()
+    assert "remat" in lines[0]
+    body = [line for line in lines if "10.0" in line or "13.0" in line]
+    assert [("block" in line, "none" in line) for line in body] == [(False, True), (True, False)]
+    assert max(len(line) for line in lines) <= report.WIDTH
+
+
 def test_verdict_names_each_frameworks_fastest_variant_and_their_ratio():
     rows = [
         _row(backend="math", median_ms=10.0),
